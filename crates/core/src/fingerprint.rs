@@ -1,0 +1,150 @@
+//! Fingerprints: what a stage instance's output depends on, as one hash.
+//!
+//! A fingerprint covers only what the stage reads and what changes its output: its kind,
+//! its output-format version (a constant the stage bumps when its semantics change), its
+//! configuration, and the identity of its inputs: for an upstream dataset, the manifest's
+//! checksums of the columns it reads; for a source file, its path, size and modification
+//! time. The build id (version, commit) is recorded in manifests but never fingerprinted, so
+//! rebuilding or editing docs reruns nothing.
+//!
+//! The hash is blake3 over canonical JSON (object keys sorted).
+
+use crate::dataset::Manifest;
+use crate::error::{Error, Result};
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+use std::path::Path;
+
+/// Builds a fingerprint; [`Fingerprint::finish`] returns the hex digest.
+#[derive(Debug, Clone)]
+pub struct Fingerprint {
+    doc: Map<String, Value>,
+    inputs: Map<String, Value>,
+    files: Vec<Value>,
+}
+
+impl Fingerprint {
+    /// Starts a fingerprint for a stage kind and its output-format version.
+    pub fn new(stage: &str, format_version: u32) -> Self {
+        let mut doc = Map::new();
+        doc.insert("stage".into(), json!(stage));
+        doc.insert("format_version".into(), json!(format_version));
+        Fingerprint {
+            doc,
+            inputs: Map::new(),
+            files: Vec::new(),
+        }
+    }
+
+    /// Adds the stage's configuration (everything in it changes the output).
+    pub fn config<T: Serialize>(mut self, config: &T) -> Result<Self> {
+        let v = serde_json::to_value(config)
+            .map_err(|e| Error::Config(format!("cannot fingerprint config: {e}")))?;
+        self.doc.insert("config".into(), v);
+        Ok(self)
+    }
+
+    /// Adds an upstream dataset through the checksums of the columns this stage reads,
+    /// plus any manifest metadata keys it reads (the class list, a geometry).
+    pub fn dataset(
+        mut self,
+        name: &str,
+        manifest: &Manifest,
+        columns: &[&str],
+        metadata_keys: &[&str],
+    ) -> Result<Self> {
+        let mut cols = Map::new();
+        for c in columns {
+            cols.insert((*c).into(), json!(manifest.column_checksum(c)?));
+        }
+        let mut meta = Map::new();
+        for k in metadata_keys {
+            meta.insert(
+                (*k).into(),
+                manifest
+                    .info
+                    .metadata
+                    .get(*k)
+                    .cloned()
+                    .unwrap_or(Value::Null),
+            );
+        }
+        self.inputs.insert(
+            name.into(),
+            json!({"schema": manifest.schema, "schema_version": manifest.schema_version, "columns": cols, "metadata": meta}),
+        );
+        Ok(self)
+    }
+
+    /// Adds a source file through its path, size and modification time.
+    pub fn file(mut self, path: &Path) -> Result<Self> {
+        let m = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        let mtime = m
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos().to_string());
+        self.files
+            .push(json!({"path": path.display().to_string(), "size": m.len(), "mtime_ns": mtime}));
+        Ok(self)
+    }
+
+    /// Adds a directory tree of source files (every regular file below it, sorted).
+    pub fn tree(mut self, root: &Path) -> Result<Self> {
+        let mut stack = vec![root.to_owned()];
+        let mut files = Vec::new();
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).map_err(|e| Error::io(&d, e))? {
+                let e = e.map_err(|e| Error::io(&d, e))?;
+                let ft = e.file_type().map_err(|er| Error::io(e.path(), er))?;
+                if ft.is_dir() {
+                    stack.push(e.path());
+                } else if ft.is_file() {
+                    files.push(e.path());
+                }
+            }
+        }
+        files.sort();
+        for f in files {
+            self = self.file(&f)?;
+        }
+        Ok(self)
+    }
+
+    /// The hex digest.
+    pub fn finish(mut self) -> String {
+        self.doc.insert("inputs".into(), Value::Object(self.inputs));
+        self.doc.insert("files".into(), Value::Array(self.files));
+        // serde_json's Map is a BTreeMap (no preserve_order feature): keys come out sorted.
+        let bytes = serde_json::to_vec(&Value::Object(self.doc)).expect("a JSON value serialises");
+        blake3::hash(&bytes).to_hex().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_and_version_change_the_fingerprint() {
+        let a = Fingerprint::new("ingest", 1)
+            .config(&json!({"x": 1, "y": 2}))
+            .unwrap()
+            .finish();
+        let b = Fingerprint::new("ingest", 1)
+            .config(&json!({"y": 2, "x": 1}))
+            .unwrap()
+            .finish();
+        let c = Fingerprint::new("ingest", 2)
+            .config(&json!({"x": 1, "y": 2}))
+            .unwrap()
+            .finish();
+        let d = Fingerprint::new("ingest", 1)
+            .config(&json!({"x": 1, "y": 3}))
+            .unwrap()
+            .finish();
+        assert_eq!(a, b, "key order must not matter");
+        assert_ne!(a, c);
+        assert_ne!(a, d);
+    }
+}

@@ -1,0 +1,56 @@
+//! Locating the shared test data (`../shared` beside the workspace) from tests.
+//!
+//! Tests that need real inputs call [`shared_dir`]. It looks in `$GEOLOC_SHARED`, then in
+//! `<workspace root>/../shared`. When neither exists the test should skip with the returned
+//! message, unless `GEOLOC_REQUIRE_SHARED=1` (CI sets it), in which case this panics so the
+//! skip becomes a failure.
+
+use std::path::{Path, PathBuf};
+
+/// The environment variable that turns skips into failures.
+pub const REQUIRE_VAR: &str = "GEOLOC_REQUIRE_SHARED";
+
+/// The workspace root, from a crate's `CARGO_MANIFEST_DIR` (walks up to the directory whose
+/// `Cargo.toml` declares `[workspace]`).
+pub fn workspace_root(manifest_dir: &Path) -> PathBuf {
+    let mut d = manifest_dir.to_path_buf();
+    loop {
+        let toml = d.join("Cargo.toml");
+        if std::fs::read_to_string(&toml).is_ok_and(|t| t.contains("[workspace]")) {
+            return d;
+        }
+        if !d.pop() {
+            return manifest_dir.to_path_buf();
+        }
+    }
+}
+
+/// The shared data directory, or `None` (after printing why) when it is absent and not
+/// required. Panics when absent and `GEOLOC_REQUIRE_SHARED=1`.
+pub fn shared_dir(manifest_dir: &str) -> Option<PathBuf> {
+    let candidates: Vec<PathBuf> = std::env::var_os("GEOLOC_SHARED")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain(std::iter::once(
+            workspace_root(Path::new(manifest_dir)).join("../shared"),
+        ))
+        .collect();
+    for c in &candidates {
+        if c.join("data").is_dir() {
+            return Some(c.clone());
+        }
+    }
+    let msg = format!(
+        "shared test data not found (looked in {}); set GEOLOC_SHARED",
+        candidates
+            .iter()
+            .map(|c| c.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if std::env::var(REQUIRE_VAR).is_ok_and(|v| v == "1") {
+        panic!("{msg}, and {REQUIRE_VAR}=1 requires it");
+    }
+    eprintln!("SKIP: {msg}");
+    None
+}

@@ -1,0 +1,24 @@
+//! `geoloc-core`: the contracts every geoloc stage shares.
+//!
+//! - [`schema`]: the Arrow schemas of the datasets between stages, versioned;
+//! - [`dataset`]: the dataset directory (parts, sidecars, rejects, manifest) and its commit
+//!   protocol, writer and reader;
+//! - [`shard`]: `--shard i/N` and the scheduler environment;
+//! - [`fingerprint`]: what makes a stage instance stale;
+//! - [`geo`] and [`country`]: distances and country codes;
+//! - [`config`]: pipeline files;
+//! - [`fixtures`]: finding the shared test data from tests.
+//!
+//! Architecture invariant: this crate knows no stage. Stages depend on it, never the reverse.
+
+pub mod config;
+pub mod country;
+pub mod dataset;
+pub mod error;
+pub mod fingerprint;
+pub mod fixtures;
+pub mod geo;
+pub mod schema;
+pub mod shard;
+
+pub use error::{Error, Result};
