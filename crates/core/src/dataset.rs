@@ -125,6 +125,10 @@ pub struct PartSidecar {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ShardMarker {
     pub shard: Shard,
+    /// Stage-specific facts the shard computed (the class list, ...); every shard of a
+    /// dataset must agree on them, and finalize copies them into the manifest.
+    #[serde(default)]
+    pub metadata: serde_json::Value,
     pub parts: Vec<String>,
     pub rows: u64,
     pub rejects: u64,
@@ -500,13 +504,14 @@ impl DatasetWriter {
 
     /// Closes the last part and writes this shard's marker. A shard always writes at least
     /// one part (possibly empty), so its rejects have a home.
-    pub fn finish(mut self) -> Result<ShardMarker> {
+    pub fn finish(mut self, metadata: serde_json::Value) -> Result<ShardMarker> {
         if self.current.is_none() && (self.done.is_empty() || !self.rejects.is_empty()) {
             self.open_part()?;
         }
         self.close_part()?;
         let marker = ShardMarker {
             shard: self.shard,
+            metadata,
             parts: self.done.iter().map(|p| p.file.clone()).collect(),
             rows: self.done.iter().map(|p| p.rows).sum(),
             rejects: self.done.iter().map(|p| p.rejects).sum(),
@@ -653,12 +658,16 @@ fn column_sums(batch: &RecordBatch, key_idx: &[usize]) -> Result<Vec<u128>> {
 
 /// Commits a dataset: checks that all `count` shards have finished and every part they
 /// list is in place, then writes `_manifest.json`. Names every missing shard or part.
+///
+/// When `info.metadata` is null, the shards' metadata is used; shards that disagree on it
+/// are an error.
 pub fn finalize(
     dir: &Path,
     schema: &DatasetSchema,
     count: u32,
-    info: ManifestInfo,
+    mut info: ManifestInfo,
 ) -> Result<Manifest> {
+    let mut shard_meta: Option<serde_json::Value> = None;
     let mut missing = Vec::new();
     let mut parts = Vec::new();
     let mut listed = std::collections::HashSet::new();
@@ -673,6 +682,19 @@ pub fn finalize(
             continue;
         }
         let marker: ShardMarker = read_json(&mpath)?;
+        match &shard_meta {
+            None => shard_meta = Some(marker.metadata.clone()),
+            Some(m) if *m != marker.metadata => {
+                return Err(Error::Dataset {
+                    dir: dir.to_owned(),
+                    reason: format!(
+                        "shard {i} computed other metadata than shard 0: {} vs {m}",
+                        marker.metadata
+                    ),
+                })
+            }
+            Some(_) => {}
+        }
         for file in marker.parts {
             let side_name = sidecar_name(&file);
             let side = dir.join(&side_name);
@@ -718,6 +740,9 @@ pub fn finalize(
     }
     for f in schema.arrow.fields() {
         sums.entry(f.name().clone()).or_insert(0);
+    }
+    if info.metadata.is_null() {
+        info.metadata = shard_meta.unwrap_or(serde_json::Value::Null);
     }
     let manifest = Manifest {
         layout_version: LAYOUT_VERSION,
@@ -1019,7 +1044,7 @@ mod tests {
                 detail: "d".into(),
             })
             .unwrap();
-            w.finish().unwrap();
+            w.finish(serde_json::Value::Null).unwrap();
         }
         finalize(dir, &schema::samples(), shards, ManifestInfo::default()).unwrap()
     }
@@ -1078,7 +1103,7 @@ mod tests {
         )
         .unwrap();
         w.write(&batch(&["a"], &[Some(0)])).unwrap();
-        w.finish().unwrap();
+        w.finish(serde_json::Value::Null).unwrap();
         let err = finalize(t.path(), &schema::samples(), 2, ManifestInfo::default())
             .unwrap_err()
             .to_string();
@@ -1100,7 +1125,7 @@ mod tests {
         )
         .unwrap();
         w.write(&batch(&["a"], &[Some(0)])).unwrap();
-        w.finish().unwrap();
+        w.finish(serde_json::Value::Null).unwrap();
         fs::remove_file(t.path().join("part-00000-of-00001-0000.json")).unwrap();
         let err = finalize(t.path(), &schema::samples(), 1, ManifestInfo::default())
             .unwrap_err()
@@ -1175,7 +1200,7 @@ mod tests {
         let mut w = DatasetWriter::create(t.path(), schema::samples(), Shard::ALL, opts).unwrap();
         w.write(&batch(&["a", "b"], &[Some(0), Some(1)])).unwrap();
         w.write(&batch(&["c"], &[None])).unwrap();
-        let m = w.finish().unwrap();
+        let m = w.finish(serde_json::Value::Null).unwrap();
         assert_eq!(m.parts.len(), 2, "{:?}", m.parts);
         let man = finalize(t.path(), &schema::samples(), 1, ManifestInfo::default()).unwrap();
         assert_eq!(man.rows, 3);

@@ -76,8 +76,9 @@ impl Fingerprint {
         Ok(self)
     }
 
-    /// Adds a source file through its path, size and modification time.
-    pub fn file(mut self, path: &Path) -> Result<Self> {
+    /// Adds a source file through its size and modification time, under `label` (the path
+    /// as the config writes it, so the fingerprint does not depend on the working directory).
+    pub fn file(mut self, label: &str, path: &Path) -> Result<Self> {
         let m = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
         let mtime = m
             .modified()
@@ -85,12 +86,13 @@ impl Fingerprint {
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map(|d| d.as_nanos().to_string());
         self.files
-            .push(json!({"path": path.display().to_string(), "size": m.len(), "mtime_ns": mtime}));
+            .push(json!({"path": label, "size": m.len(), "mtime_ns": mtime}));
         Ok(self)
     }
 
-    /// Adds a directory tree of source files (every regular file below it, sorted).
-    pub fn tree(mut self, root: &Path) -> Result<Self> {
+    /// Adds a directory tree of source files (every regular file below it, sorted), each
+    /// labelled `label/relative-path`.
+    pub fn tree(mut self, label: &str, root: &Path) -> Result<Self> {
         let mut stack = vec![root.to_owned()];
         let mut files = Vec::new();
         while let Some(d) = stack.pop() {
@@ -106,7 +108,8 @@ impl Fingerprint {
         }
         files.sort();
         for f in files {
-            self = self.file(&f)?;
+            let rel = f.strip_prefix(root).unwrap_or(&f).display().to_string();
+            self = self.file(&format!("{label}/{rel}"), &f)?;
         }
         Ok(self)
     }

@@ -7,6 +7,7 @@
 //! - [`fingerprint`]: what makes a stage instance stale;
 //! - [`geo`] and [`country`]: distances and country codes;
 //! - [`config`]: pipeline files;
+//! - [`stage`]: the context a stage run receives;
 //! - [`fixtures`]: finding the shared test data from tests.
 //!
 //! Architecture invariant: this crate knows no stage. Stages depend on it, never the reverse.
@@ -20,5 +21,6 @@ pub mod fixtures;
 pub mod geo;
 pub mod schema;
 pub mod shard;
+pub mod stage;
 
 pub use error::{Error, Result};

@@ -1,0 +1,34 @@
+//! What every stage's `run` receives besides its own configuration.
+
+use crate::shard::Shard;
+use std::path::{Path, PathBuf};
+
+/// The context of one stage run.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// Project root: relative paths in the stage's config resolve against it.
+    pub root: PathBuf,
+    /// The instance's output dataset directory.
+    pub out_dir: PathBuf,
+    /// Which shard this process writes.
+    pub shard: Shard,
+    /// Build id recorded in manifests (never fingerprinted).
+    pub build: String,
+    /// Draw progress bars (on a terminal).
+    pub progress: bool,
+}
+
+impl Context {
+    /// Resolves a config path against the project root.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        crate::config::resolve(&self.root, p)
+    }
+}
+
+/// The build id: crate version, plus the commit when the build recorded one.
+pub fn build_id() -> String {
+    match option_env!("GEOLOC_GIT_COMMIT") {
+        Some(c) => format!("geoloc {} ({c})", env!("CARGO_PKG_VERSION")),
+        None => format!("geoloc {}", env!("CARGO_PKG_VERSION")),
+    }
+}
