@@ -50,11 +50,18 @@ pub fn read_gps(path: &Path) -> Result<Option<(f64, f64)>, String> {
         .map_err(|e| format!("no readable EXIF: {e}"))?;
     let coord = |tag, ref_tag, neg: u8| -> Option<f64> {
         let f = exif.get_field(tag, exif::In::PRIMARY)?;
-        let v = match &f.value {
-            exif::Value::Rational(v) if v.len() >= 3 => {
-                v[0].to_f64() + v[1].to_f64() / 60.0 + v[2].to_f64() / 3600.0
-            }
-            exif::Value::Rational(v) if v.len() == 1 => v[0].to_f64(),
+        // The standard type is RATIONAL; some phones write SRATIONAL (the Nokia 8.3 does),
+        // a few write floats. Degrees, minutes, seconds, or a single decimal degree value.
+        let parts: Vec<f64> = match &f.value {
+            exif::Value::Rational(v) => v.iter().map(|r| r.to_f64()).collect(),
+            exif::Value::SRational(v) => v.iter().map(|r| r.to_f64()).collect(),
+            exif::Value::Float(v) => v.iter().map(|&x| f64::from(x)).collect(),
+            exif::Value::Double(v) => v.clone(),
+            _ => return None,
+        };
+        let v = match parts.as_slice() {
+            [d, m, s, ..] => d + m / 60.0 + s / 3600.0,
+            [d] => *d,
             _ => return None,
         };
         if !v.is_finite() {
