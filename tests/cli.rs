@@ -1,1 +1,176 @@
+//! The `geoloc` binary's stage commands: a single stage call from a config file, sharded
+//! runs (flag, Slurm and Kubernetes environments) with a separate finalize, and its errors.
 
+mod support;
+
+use geoloc_core::dataset::Dataset;
+use geoloc_core::schema;
+use support::{demo_project, geoloc, stderr, stdout};
+
+#[test]
+fn ingest_from_a_config_file() {
+    let t = tempfile::tempdir().unwrap();
+    let mut csv = String::from("IMG_FILE,LAT,LON\nbad.jpg,95,1\n");
+    for i in 0..30 {
+        csv.push_str(&format!("p{i}.jpg,48.{i:02},2.35\n"));
+    }
+    std::fs::write(t.path().join("p.csv"), csv).unwrap();
+    std::fs::write(
+        t.path().join("ingest.toml"),
+        "[[sources]]\nformat = 'csv'\npath = 'p.csv'\n",
+    )
+    .unwrap();
+    let out = stdout(&geoloc(
+        &["ingest", "--config", "ingest.toml", "--out", "samples"],
+        t.path(),
+        &[],
+        true,
+    ));
+    assert!(
+        out.contains("committed 30 rows (1 rejects)"),
+        "one out-of-range row is rejected, not a reason to swap: {out}"
+    );
+    let ds = Dataset::open(&t.path().join("samples"), &schema::samples()).unwrap();
+    assert_eq!(ds.manifest.rows, 30);
+}
+
+#[test]
+fn errors_name_the_problem() {
+    let t = tempfile::tempdir().unwrap();
+    let err = stderr(&geoloc(
+        &["ingest", "--config", "missing.toml", "--out", "x"],
+        t.path(),
+        &[],
+        false,
+    ));
+    assert!(err.starts_with("error: reading missing.toml"), "{err}");
+    std::fs::write(
+        t.path().join("bad.toml"),
+        "[[sources]]\nformat = 'csv'\npth = 'p.csv'\n",
+    )
+    .unwrap();
+    let err = stderr(&geoloc(
+        &["ingest", "--config", "bad.toml", "--out", "x"],
+        t.path(),
+        &[],
+        false,
+    ));
+    assert!(
+        err.contains("parsing bad.toml") && err.contains("pth"),
+        "{err}"
+    );
+    std::fs::write(
+        t.path().join("nofile.toml"),
+        "[[sources]]\nformat = 'csv'\npath = 'nope.csv'\n",
+    )
+    .unwrap();
+    let err = stderr(&geoloc(
+        &["ingest", "--config", "nofile.toml", "--out", "x"],
+        t.path(),
+        &[],
+        false,
+    ));
+    assert!(err.contains("nope.csv"), "{err}");
+    let err = stderr(&geoloc(
+        &[
+            "ingest",
+            "--config",
+            "nofile.toml",
+            "--out",
+            "x",
+            "--shard",
+            "2/2",
+        ],
+        t.path(),
+        &[],
+        false,
+    ));
+    assert!(err.contains("shard index 2 is out of range"), "{err}");
+}
+
+#[test]
+fn sharded_ingest_commits_only_after_finalize() {
+    let p = demo_project(1200);
+    let root = p.path();
+    let pipe = "pipelines/demo.toml";
+    // One process for comparison.
+    geoloc(&["run", pipe, "--runs-dir", "single"], root, &[], true);
+    // Shard 0 by flag, shard 1 the way a Slurm array task would get it.
+    geoloc(
+        &[
+            "ingest",
+            "--pipeline",
+            pipe,
+            "--instance",
+            "ingest",
+            "--shard",
+            "0/2",
+        ],
+        root,
+        &[],
+        true,
+    );
+    let out = stdout(&geoloc(&["status", pipe], root, &[], true));
+    assert!(
+        out.contains("missing"),
+        "one shard written, nothing committed: {out}"
+    );
+    let err = stderr(&geoloc(
+        &["finalize", pipe, "--instance", "ingest", "--shards", "2"],
+        root,
+        &[],
+        false,
+    ));
+    assert!(err.contains("shard 1 of 2 has not finished"), "{err}");
+    geoloc(
+        &["ingest", "--pipeline", pipe, "--instance", "ingest"],
+        root,
+        &[
+            ("SLURM_ARRAY_TASK_ID", "1"),
+            ("SLURM_ARRAY_TASK_COUNT", "2"),
+        ],
+        true,
+    );
+    let out = stdout(&geoloc(
+        &["finalize", pipe, "--instance", "ingest", "--shards", "2"],
+        root,
+        &[],
+        true,
+    ));
+    assert!(out.contains("committed"), "{out}");
+    assert!(stdout(&geoloc(&["status", pipe], root, &[], true)).contains("1 of 1 instances fresh"));
+    let two = Dataset::open(&root.join("runs/demo/ingest"), &schema::samples()).unwrap();
+    let one = Dataset::open(&root.join("single/ingest"), &schema::samples()).unwrap();
+    assert_eq!(two.manifest.shards, 2);
+    assert_eq!(two.manifest.rows, one.manifest.rows);
+    assert_eq!(
+        two.manifest.columns, one.manifest.columns,
+        "same rows, same values"
+    );
+    // A rerun with another N (Kubernetes indexed job, 3 shards) discards the N=2 parts.
+    for i in 0..3 {
+        let idx = i.to_string();
+        geoloc(
+            &["ingest", "--pipeline", pipe, "--instance", "ingest"],
+            root,
+            &[
+                ("JOB_COMPLETION_INDEX", idx.as_str()),
+                ("GEOLOC_SHARD_COUNT", "3"),
+            ],
+            true,
+        );
+    }
+    geoloc(
+        &["finalize", pipe, "--instance", "ingest", "--shards", "3"],
+        root,
+        &[],
+        true,
+    );
+    let three = Dataset::open(&root.join("runs/demo/ingest"), &schema::samples()).unwrap();
+    assert_eq!(three.manifest.columns, one.manifest.columns);
+    let names: Vec<String> = std::fs::read_dir(root.join("runs/demo/ingest"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(names.iter().all(|n| !n.contains("-of-00002")), "{names:?}");
+}

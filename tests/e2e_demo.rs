@@ -1,1 +1,137 @@
+//! End to end through the real binary: the `tiny` demo (1500 generated rows) run by the
+//! pipeline runner, then staleness, selection and recovery on the same project.
 
+mod support;
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::Int32Type;
+use geoloc_core::dataset::Dataset;
+use geoloc_core::schema;
+use std::collections::BTreeMap;
+use support::{demo_project, geoloc, stdout};
+
+#[test]
+fn tiny_demo_runs_and_the_runner_tracks_staleness() {
+    let p = demo_project(1500);
+    let root = p.path();
+    let pipe = "pipelines/demo.toml";
+
+    let out = stdout(&geoloc(&["status", pipe], root, &[], true));
+    assert!(out.contains("missing: never run"), "{out}");
+
+    let out = stdout(&geoloc(&["run", pipe], root, &[], true));
+    assert!(out.contains("ingest: ran"), "{out}");
+
+    // The committed samples: the paper's five countries, balanced, labelled, split.
+    let ds = Dataset::open(&root.join("runs/demo/ingest"), &schema::samples())
+        .expect("committed dataset");
+    ds.verify().unwrap();
+    assert_eq!(ds.manifest.info.stage, "ingest");
+    assert_eq!(
+        ds.manifest.info.metadata["classes"],
+        serde_json::json!(["DE", "CA", "IT", "ES", "FR"])
+    );
+    let mut per_class: BTreeMap<i32, usize> = BTreeMap::new();
+    let mut per_split: BTreeMap<String, usize> = BTreeMap::new();
+    for b in ds.read_all().unwrap() {
+        let labels = b.column(9).as_primitive::<Int32Type>();
+        let splits = b.column(8).as_string::<i32>();
+        for k in 0..b.num_rows() {
+            assert!(!labels.is_null(k));
+            *per_class.entry(labels.value(k)).or_default() += 1;
+            *per_split.entry(splits.value(k).to_owned()).or_default() += 1;
+        }
+    }
+    assert_eq!(per_class.len(), 5);
+    let counts: Vec<usize> = per_class.values().copied().collect();
+    assert!(
+        counts.iter().all(|&c| c == counts[0]),
+        "balanced: {per_class:?}"
+    );
+    assert!(counts[0] > 100, "{per_class:?}");
+    assert_eq!(
+        per_split.keys().cloned().collect::<Vec<_>>(),
+        ["test", "train", "val"]
+    );
+    assert_eq!(
+        ds.manifest.rejects, 5,
+        "the generator plants five broken lines"
+    );
+
+    // Fresh: nothing reruns.
+    let out = stdout(&geoloc(&["run", pipe], root, &[], true));
+    assert_eq!(out.trim(), "ingest: fresh");
+    assert!(stdout(&geoloc(&["status", pipe], root, &[], true)).contains("1 of 1 instances fresh"));
+
+    // A config change makes it stale, with the reason.
+    let text = std::fs::read_to_string(root.join(pipe)).unwrap();
+    std::fs::write(
+        root.join(pipe),
+        text.replace("balance = { seed = 7 }", "balance = { seed = 8 }"),
+    )
+    .unwrap();
+    let out = stdout(&geoloc(&["status", pipe], root, &[], true));
+    assert!(out.contains("stale: its config changed"), "{out}");
+    assert!(stdout(&geoloc(&["run", pipe], root, &[], true)).contains("ingest: ran"));
+
+    // A changed source file (here: regenerated with more rows) makes it stale.
+    geoloc(
+        &[
+            "synth",
+            "mediaeval",
+            "--out",
+            "data/demo",
+            "--rows",
+            "1600",
+            "--seed",
+            "7",
+        ],
+        root,
+        &[],
+        true,
+    );
+    let out = stdout(&geoloc(&["status", pipe], root, &[], true));
+    assert!(out.contains("stale: its inputs changed"), "{out}");
+    // Regenerating identical data leaves the files alone: fresh again after one run.
+    geoloc(&["run", pipe], root, &[], true);
+    geoloc(
+        &[
+            "synth",
+            "mediaeval",
+            "--out",
+            "data/demo",
+            "--rows",
+            "1600",
+            "--seed",
+            "7",
+        ],
+        root,
+        &[],
+        true,
+    );
+    let out = stdout(&geoloc(&["status", pipe], root, &[], true));
+    assert!(out.contains("1 of 1 instances fresh"), "{out}");
+
+    // An interrupted run (no manifest) is missing, and a reader refuses it.
+    std::fs::remove_file(root.join("runs/demo/ingest/_manifest.json")).unwrap();
+    let out = stdout(&geoloc(&["status", pipe], root, &[], true));
+    assert!(out.contains("missing: no committed output"), "{out}");
+    assert!(Dataset::open(&root.join("runs/demo/ingest"), &schema::samples()).is_err());
+    assert!(stdout(&geoloc(&["run", pipe], root, &[], true)).contains("ingest: ran"));
+
+    // Selection: --force, --only, --downstream, and unknown names.
+    assert!(stdout(&geoloc(&["run", pipe, "--force"], root, &[], true)).contains("ingest: ran"));
+    assert!(
+        stdout(&geoloc(&["run", pipe, "--only", "ingest"], root, &[], true))
+            .contains("ingest: fresh")
+    );
+    assert!(stdout(&geoloc(
+        &["run", pipe, "--downstream", "ingest", "--force"],
+        root,
+        &[],
+        true
+    ))
+    .contains("ingest: ran"));
+    let err = support::stderr(&geoloc(&["run", pipe, "--only", "nope"], root, &[], false));
+    assert!(err.contains("has no instance `nope`"), "{err}");
+}

@@ -1,1 +1,299 @@
-fn main() {}
+//! `cargo xtask ...`: the developer's entry to the same runner the installed `geoloc`
+//! binary carries, plus chores (demo data, benchmarks). Plain Rust, few dependencies: each
+//! task builds `geoloc` with cargo and calls it.
+//!
+//!   cargo xtask demo [--rows N] [--tiny]     generate data/demo and run pipelines/demo.toml
+//!   cargo xtask run PIPELINE [geoloc run flags]   same as `geoloc run`
+//!   cargo xtask status PIPELINE
+//!   cargo xtask bench-ingest [--rows N] [--threads "1 2"]   ingest vs polars and DuckDB
+
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits in the workspace")
+        .to_owned()
+}
+
+/// Builds `geoloc` (release) and returns its path.
+fn geoloc() -> Result<PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let st = Command::new(cargo)
+        .current_dir(root())
+        .args([
+            "build",
+            "--release",
+            "-q",
+            "-p",
+            "geoloc-cli",
+            "--bin",
+            "geoloc",
+        ])
+        .status()
+        .context("running cargo build")?;
+    if !st.success() {
+        bail!("building geoloc failed");
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"));
+    Ok(target.join("release/geoloc"))
+}
+
+fn sh(cmd: &mut Command) -> Result<()> {
+    let st = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !st.success() {
+        bail!("{cmd:?} failed ({st})");
+    }
+    Ok(())
+}
+
+fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(task) = args.first() else {
+        eprintln!("usage: cargo xtask <demo|run|status|bench-ingest> ...");
+        std::process::exit(2);
+    };
+    let rest = &args[1..];
+    match task.as_str() {
+        "demo" => demo(rest),
+        "run" | "status" => {
+            let bin = geoloc()?;
+            sh(Command::new(bin).current_dir(root()).arg(task).args(rest))
+        }
+        "bench-ingest" => bench_ingest(rest),
+        other => bail!("unknown task {other:?}: demo, run, status, bench-ingest"),
+    }
+}
+
+fn demo(args: &[String]) -> Result<()> {
+    let tiny = args.iter().any(|a| a == "--tiny");
+    let rows = flag(args, "--rows").unwrap_or(if tiny { "1500" } else { "20000" });
+    let bin = geoloc()?;
+    let t0 = Instant::now();
+    sh(Command::new(&bin).current_dir(root()).args([
+        "synth",
+        "mediaeval",
+        "--out",
+        "data/demo",
+        "--rows",
+        rows,
+        "--seed",
+        "7",
+    ]))?;
+    sh(Command::new(&bin)
+        .current_dir(root())
+        .args(["run", "pipelines/demo.toml"]))?;
+    sh(Command::new(&bin)
+        .current_dir(root())
+        .args(["status", "pipelines/demo.toml"]))?;
+    eprintln!(
+        "demo finished in {:.1}s; outputs under runs/demo/",
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Peak resident set (VmHWM) of a finished child, read through `/usr/bin/time -v` when
+/// available, else from getrusage of children.
+fn run_timed(cmd: &mut Command) -> Result<(f64, Option<u64>)> {
+    let t0 = Instant::now();
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    let secs = t0.elapsed().as_secs_f64();
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    let rss = err
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("Maximum resident set size (kbytes): ")
+        })
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    Ok((secs, rss))
+}
+
+fn bench_ingest(args: &[String]) -> Result<()> {
+    let rows = flag(args, "--rows").unwrap_or("4695149");
+    let threads_list = flag(args, "--threads").unwrap_or("1 2").to_owned();
+    let reps: usize = flag(args, "--reps").unwrap_or("3").parse()?;
+    let shared = std::env::var_os("GEOLOC_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("../shared"));
+    let peers = shared.join("bench/peers");
+    if !peers.is_dir() {
+        bail!(
+            "{} not found: set GEOLOC_SHARED to the shared folder",
+            peers.display()
+        );
+    }
+    let work = root().join("target/bench");
+    std::fs::create_dir_all(&work)?;
+    // A small venv with just what the ingest peers need (not the 6 GB torch one).
+    let venv = work.join("venv");
+    let py = venv.join("bin/python");
+    if !py.exists() {
+        sh(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+        sh(Command::new(venv.join("bin/pip"))
+            .args(["install", "-q", "numpy", "polars", "duckdb", "pyarrow"]))?;
+    }
+    let tsv = work.join(format!("mediaeval_n{rows}_s7.tsv"));
+    if !tsv.exists() {
+        sh(Command::new(&py)
+            .arg(peers.join("gen/gen_tsv.py"))
+            .args(["mediaeval"])
+            .arg(&tsv)
+            .arg(rows)
+            .args(["--seed", "7"]))?;
+    }
+    let bin = geoloc()?;
+    let time = Path::new("/usr/bin/time");
+    let out_dir = work.join("parquet");
+    std::fs::create_dir_all(&out_dir)?;
+    let mb = std::fs::metadata(&tsv)?.len() as f64 / 1e6;
+    // A pipeline that ingests the file for real (validation, country codes, splits, dedup).
+    let pipe = work.join("bench.toml");
+    std::fs::write(
+        &pipe,
+        format!(
+            "[pipeline]\nname = 'bench'\nruns_dir = 'runs'\n[stages.ingest]\nkind = 'ingest'\n[stages.ingest.config]\n\
+             [[stages.ingest.config.sources]]\nformat = 'mediaeval-locale'\npath = '{}'\n",
+            tsv.display()
+        ),
+    )?;
+    println!("# ingest benchmark: {rows} MediaEval rows, {mb:.1} MB; median of {reps} runs after one warm-up");
+    println!("# geoloc: whole process wall time; peers: their harness's in-process time (interpreter start excluded)");
+    println!("| threads | engine | seconds | speed-up (peer / geoloc raw) | peak RSS MB |");
+    println!("|---|---|---|---|---|");
+    for t in threads_list.split_whitespace() {
+        let mut results: Vec<(String, f64, Option<u64>)> = Vec::new();
+        let mut measure = |name: &str, mk: &dyn Fn() -> Command| -> Result<()> {
+            let mut times = Vec::new();
+            let mut rss = None;
+            for rep in 0..=reps {
+                let (s, r) = run_timed(&mut mk())?;
+                if rep > 0 {
+                    times.push(s);
+                    rss = rss.max(r);
+                }
+            }
+            times.sort_by(f64::total_cmp);
+            results.push((name.to_owned(), times[times.len() / 2], rss));
+            Ok(())
+        };
+        let with_time = |c: &mut Command| -> Command {
+            let mut w = if time.exists() {
+                Command::new(time)
+            } else {
+                Command::new(c.get_program())
+            };
+            if time.exists() {
+                w.arg("-v").arg(c.get_program());
+            }
+            w.args(c.get_args());
+            for (k, v) in c.get_envs() {
+                if let Some(v) = v {
+                    w.env(k, v);
+                }
+            }
+            w
+        };
+        let env_t = |c: &mut Command| {
+            for v in ["RAYON_NUM_THREADS", "POLARS_MAX_THREADS", "OMP_NUM_THREADS"] {
+                c.env(v, t);
+            }
+        };
+        measure("geoloc raw", &|| {
+            let mut c = Command::new(&bin);
+            c.arg("ingest-raw")
+                .arg(&tsv)
+                .arg(out_dir.join("mediaeval.rust.parquet"));
+            env_t(&mut c);
+            with_time(&mut c)
+        })?;
+        measure("geoloc full ingest", &|| {
+            let mut c = Command::new(&bin);
+            c.args(["--no-progress", "-q", "run", "--force"]).arg(&pipe);
+            env_t(&mut c);
+            with_time(&mut c)
+        })?;
+        // The peers time themselves in-process (median of reps after a warm-up, the
+        // harness's own PEER lines); the RSS is the whole script's peak.
+        for (script, names) in [
+            (
+                "ingest_polars.py",
+                &["ingest.polars.eager", "ingest.polars.lazy"][..],
+            ),
+            ("ingest_duckdb.py", &["ingest.duckdb"][..]),
+        ] {
+            let mut c = if time.exists() {
+                Command::new(time)
+            } else {
+                Command::new(&py)
+            };
+            if time.exists() {
+                c.arg("-v").arg(&py);
+            }
+            c.arg(peers.join("peers").join(script))
+                .arg(&tsv)
+                .arg(t)
+                .args(["--reps", &reps.to_string(), "--out"])
+                .arg(&out_dir);
+            env_t(&mut c);
+            let out = c.output()?;
+            if !out.status.success() {
+                bail!("{script} failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            let text = String::from_utf8_lossy(&out.stdout);
+            let rss = String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .find_map(|l| {
+                    l.trim()
+                        .strip_prefix("Maximum resident set size (kbytes): ")
+                        .map(str::to_owned)
+                })
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            for name in names {
+                let line = text
+                    .lines()
+                    .find(|l| l.starts_with(&format!("PEER {name}.")))
+                    .with_context(|| format!("no PEER line for {name} in {text}"))?;
+                let secs: f64 = line
+                    .split_whitespace()
+                    .find_map(|kv| kv.strip_prefix("seconds="))
+                    .and_then(|v| v.parse().ok())
+                    .with_context(|| format!("no seconds= in {line}"))?;
+                results.push((name.trim_start_matches("ingest.").to_owned(), secs, rss));
+            }
+        }
+        let raw = results[0].1;
+        for (name, s, rss) in &results {
+            let ratio = if name.starts_with("geoloc") {
+                "-".to_string()
+            } else {
+                format!("{:.2}", s / raw)
+            };
+            let rss = rss
+                .map(|k| format!("{:.0}", k as f64 / 1024.0))
+                .unwrap_or_else(|| "-".into());
+            println!("| {t} | {name} | {s:.3} | {ratio} | {rss} |");
+        }
+    }
+    // Same values in every output: the peers' own checker.
+    sh(Command::new(&py)
+        .arg(peers.join("peers/check_parquet.py"))
+        .arg(&out_dir))?;
+    Ok(())
+}

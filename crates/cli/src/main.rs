@@ -1,1 +1,293 @@
-fn main() {}
+//! `geoloc`: run a pipeline, inspect it, or call one stage.
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Args, Parser, Subcommand};
+use geoloc_cli::runner::{Runner, Selection, State};
+use geoloc_cli::stages::format_ingest_summary;
+use geoloc_core::shard::Shard;
+use geoloc_core::stage::{build_id, Context};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(
+    name = "geoloc",
+    version,
+    about = "Learn where photos were taken, and say where new ones were taken."
+)]
+struct Cli {
+    /// Only warnings and errors on stderr.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    /// Debug logging (or set RUST_LOG).
+    #[arg(short, long, global = true)]
+    verbose: bool,
+    /// No progress bars.
+    #[arg(long, global = true)]
+    no_progress: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run what is stale in a pipeline, in dependency order.
+    Run {
+        /// The pipeline file (pipelines/NAME.toml).
+        pipeline: PathBuf,
+        /// Run only these instances (their inputs must be committed already). Repeatable.
+        #[arg(long)]
+        only: Vec<String>,
+        /// Run this instance and everything downstream of it.
+        #[arg(long)]
+        downstream: Option<String>,
+        /// Rerun the selected instances even when fresh.
+        #[arg(long)]
+        force: bool,
+        /// Write instance outputs here instead of the pipeline's runs_dir.
+        #[arg(long)]
+        runs_dir: Option<PathBuf>,
+    },
+    /// Show each instance of a pipeline as fresh, stale or missing, and why.
+    Status {
+        pipeline: PathBuf,
+        #[arg(long)]
+        runs_dir: Option<PathBuf>,
+    },
+    /// Run the ingest stage: photo metadata to a samples dataset.
+    Ingest(StageArgs),
+    /// Commit a sharded instance once all its shards have run (writes _manifest.json).
+    Finalize {
+        pipeline: PathBuf,
+        /// The instance to commit.
+        #[arg(long)]
+        instance: String,
+        /// How many shards ran.
+        #[arg(long)]
+        shards: u32,
+        #[arg(long)]
+        runs_dir: Option<PathBuf>,
+    },
+    /// Write synthetic inputs for the demo pipeline.
+    Synth {
+        #[command(subcommand)]
+        what: SynthCmd,
+    },
+    /// Benchmark mode: a MediaEval locale TSV to one Parquet file with the peers' 7 raw
+    /// columns (no validation or enrichment).
+    IngestRaw { input: PathBuf, output: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum SynthCmd {
+    /// MediaEval 2015 locale files (train.tsv, test.tsv, truth.csv) for the demo.
+    Mediaeval {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 20_000)]
+        rows: usize,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+    },
+}
+
+/// How a single stage call finds its config: an instance of a pipeline, or a config file.
+#[derive(Args)]
+struct StageArgs {
+    /// The pipeline that declares the instance.
+    #[arg(long, requires = "instance", conflicts_with = "config")]
+    pipeline: Option<PathBuf>,
+    /// The instance to run.
+    #[arg(long)]
+    instance: Option<String>,
+    /// Or: a TOML file holding the stage's config table.
+    #[arg(long, requires = "out")]
+    config: Option<PathBuf>,
+    /// With --config: the output dataset directory.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// With --config: the directory relative paths in the config resolve against
+    /// (default: the config file's directory).
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// With --pipeline: write outputs here instead of the pipeline's runs_dir.
+    #[arg(long)]
+    runs_dir: Option<PathBuf>,
+    /// Which shard to write, i/N (default: from SLURM_ARRAY_TASK_ID/COUNT or
+    /// JOB_COMPLETION_INDEX with GEOLOC_SHARD_COUNT, else 0/1).
+    #[arg(long)]
+    shard: Option<Shard>,
+    /// Do not commit after the run even when this is the only shard.
+    #[arg(long)]
+    no_finalize: bool,
+}
+
+fn init_logging(cli: &Cli) {
+    let default = if cli.quiet {
+        "warn"
+    } else if cli.verbose {
+        "debug"
+    } else {
+        "info"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli);
+    match real_main(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> Result<()> {
+    let progress = !cli.no_progress && !cli.quiet;
+    match cli.cmd {
+        Cmd::Run {
+            pipeline,
+            only,
+            downstream,
+            force,
+            runs_dir,
+        } => {
+            let mut r = Runner::load(&pipeline, runs_dir)?;
+            r.progress = progress;
+            let report = r.run(&Selection {
+                only,
+                downstream,
+                force,
+            })?;
+            for (name, what) in report {
+                println!("{name}: {what}");
+            }
+        }
+        Cmd::Status { pipeline, runs_dir } => {
+            let r = Runner::load(&pipeline, runs_dir)?;
+            let st = r.status()?;
+            let w = st.iter().map(|s| s.name.len()).max().unwrap_or(4);
+            for s in &st {
+                println!("{:w$}  {:10}  {}", s.name, s.kind, s.state);
+            }
+            let stale = st.iter().filter(|s| s.state != State::Fresh).count();
+            println!("{} of {} instances fresh", st.len() - stale, st.len());
+        }
+        Cmd::Ingest(a) => stage_ingest(a, progress)?,
+        Cmd::Finalize {
+            pipeline,
+            instance,
+            shards,
+            runs_dir,
+        } => {
+            let r = Runner::load(&pipeline, runs_dir)?;
+            let m = r.finalize_instance(&instance, shards)?;
+            println!(
+                "{instance}: committed {} rows in {} parts ({} rejects)",
+                m.rows,
+                m.parts.len(),
+                m.rejects
+            );
+        }
+        Cmd::Synth {
+            what: SynthCmd::Mediaeval { out, rows, seed },
+        } => {
+            let f = geoloc_ingest::synth::write_mediaeval_demo(&out, rows, seed)
+                .with_context(|| format!("writing demo files to {}", out.display()))?;
+            println!(
+                "wrote {} ({} lines), {} ({} lines), {}",
+                f.train.display(),
+                f.train_lines,
+                f.test.display(),
+                f.test_lines,
+                f.truth.display()
+            );
+        }
+        Cmd::IngestRaw { input, output } => {
+            let t0 = Instant::now();
+            let rows = geoloc_ingest::raw::mediaeval_to_parquet(&input, &output)?;
+            let s = t0.elapsed().as_secs_f64();
+            println!("rows={rows} seconds={s:.4} threads={}", rayon_threads());
+        }
+    }
+    Ok(())
+}
+
+fn rayon_threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
+}
+
+fn stage_ingest(a: StageArgs, progress: bool) -> Result<()> {
+    let shard = Shard::resolve(a.shard)?;
+    if let (Some(p), Some(inst)) = (&a.pipeline, &a.instance) {
+        let mut r = Runner::load(p, a.runs_dir.clone())?;
+        r.progress = progress;
+        let kind = &r
+            .pipeline
+            .stages
+            .get(inst)
+            .ok_or_else(|| r.pipeline.unknown(inst))?
+            .kind;
+        if kind != geoloc_ingest::KIND {
+            bail!("instance `{inst}` is a `{kind}` instance, not ingest");
+        }
+        let summary = r.run_instance(inst, shard)?;
+        println!("{inst} shard {shard}: {summary}");
+        if shard.is_all() && !a.no_finalize {
+            let m = r.finalize_instance(inst, 1)?;
+            println!(
+                "{inst}: committed {} rows ({} rejects) to {}",
+                m.rows,
+                m.rejects,
+                r.pipeline.instance_dir(inst).display()
+            );
+        }
+        return Ok(());
+    }
+    let (Some(cfg_path), Some(out)) = (a.config, a.out) else {
+        bail!("give --pipeline FILE --instance NAME, or --config FILE --out DIR");
+    };
+    let text = std::fs::read_to_string(&cfg_path)
+        .with_context(|| format!("reading {}", cfg_path.display()))?;
+    let cfg: geoloc_ingest::Config =
+        toml::from_str(&text).with_context(|| format!("parsing {}", cfg_path.display()))?;
+    let root = a
+        .root
+        .unwrap_or_else(|| cfg_path.parent().map(PathBuf::from).unwrap_or_default());
+    let ctx = Context {
+        root,
+        out_dir: out.clone(),
+        shard,
+        build: build_id(),
+        progress,
+    };
+    let s = geoloc_ingest::run(&cfg, &ctx)?;
+    println!("shard {shard}: {}", format_ingest_summary(&s));
+    if shard.is_all() && !a.no_finalize {
+        let m = geoloc_ingest::finalize(&cfg, &ctx, 1)?;
+        println!(
+            "committed {} rows ({} rejects) to {}",
+            m.rows,
+            m.rejects,
+            out.display()
+        );
+    }
+    Ok(())
+}

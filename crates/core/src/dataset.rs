@@ -26,6 +26,7 @@
 //! that reads only `id` and `image` is not stale when `label` changes.
 
 use crate::error::{Error, Result};
+use crate::parquet_writer::ParallelWriter;
 use crate::schema::{self, DatasetSchema};
 use crate::shard::Shard;
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringBuilder, UInt64Builder};
@@ -75,8 +76,10 @@ pub struct WriterOptions {
     pub format: PartFormat,
     /// A part is closed and a new one opened once it holds about this many bytes.
     pub part_cap_bytes: u64,
-    /// Rows per Parquet row group.
+    /// A Parquet row group is closed at this many rows...
     pub row_group_rows: usize,
+    /// ...or at this many bytes of buffered Arrow data (bounds memory).
+    pub row_group_bytes: usize,
     /// Zstd level for Parquet parts.
     pub zstd_level: i32,
 }
@@ -86,7 +89,8 @@ impl Default for WriterOptions {
         WriterOptions {
             format: PartFormat::Parquet,
             part_cap_bytes: 1 << 30,
-            row_group_rows: 1 << 20,
+            row_group_rows: 512 * 1024,
+            row_group_bytes: 64 << 20,
             zstd_level: 3,
         }
     }
@@ -280,7 +284,7 @@ pub fn file_blake3(path: &Path) -> Result<String> {
 }
 
 enum Sink {
-    Parquet(ArrowWriter<BufWriter<File>>),
+    Parquet(ParallelWriter<BufWriter<File>>),
     Ipc(arrow::ipc::writer::FileWriter<BufWriter<File>>, u64),
 }
 
@@ -378,12 +382,17 @@ impl DatasetWriter {
                     .set_max_row_group_row_count(Some(self.opts.row_group_rows))
                     .build();
                 Sink::Parquet(
-                    ArrowWriter::try_new(w, self.schema.arrow.clone(), Some(props)).map_err(
-                        |e| Error::Parquet {
-                            path: tmp.clone(),
-                            source: e,
-                        },
-                    )?,
+                    ParallelWriter::try_new(
+                        w,
+                        self.schema.arrow.clone(),
+                        props,
+                        self.opts.row_group_rows,
+                        self.opts.row_group_bytes,
+                    )
+                    .map_err(|e| Error::Parquet {
+                        path: tmp.clone(),
+                        source: e,
+                    })?,
                 )
             }
             PartFormat::ArrowIpc => Sink::Ipc(
@@ -422,7 +431,7 @@ impl DatasetWriter {
                     path: part.tmp.clone(),
                     source: e,
                 })?;
-                (w.bytes_written() + w.in_progress_size()) as u64
+                w.size_estimate()
             }
             Sink::Ipc(w, n) => {
                 w.write(batch)?;

@@ -8,6 +8,7 @@
 //! - [`geo`] and [`country`]: distances and country codes;
 //! - [`config`]: pipeline files;
 //! - [`stage`]: the context a stage run receives;
+//! - [`parquet_writer`]: a Parquet writer that encodes columns in parallel;
 //! - [`fixtures`]: finding the shared test data from tests.
 //!
 //! Architecture invariant: this crate knows no stage. Stages depend on it, never the reverse.
@@ -19,6 +20,7 @@ pub mod error;
 pub mod fingerprint;
 pub mod fixtures;
 pub mod geo;
+pub mod parquet_writer;
 pub mod schema;
 pub mod shard;
 pub mod stage;

@@ -77,6 +77,10 @@ pub struct Source {
     /// MediaEval, YFCC100M and truth files, `id` otherwise.
     #[serde(default)]
     pub layout: Option<String>,
+    /// CSV only: `true` reads the latitude column as longitude and vice versa, `false` trusts
+    /// the header; default: detected from the value ranges.
+    #[serde(default)]
+    pub swap_lat_lon: Option<bool>,
 }
 
 /// The input formats.

@@ -149,7 +149,7 @@ pub fn run(cfg: &Config, ctx: &Context) -> Result<Summary, Error> {
         cfg,
         ctx,
         users,
-        progress: hashbrown_free_progress(ctx, total, needs_count, "counting"),
+        progress: counting_progress(ctx, total, needs_count, "counting"),
     };
 
     // The class list: given, or the top K of a counting pass.
@@ -209,7 +209,6 @@ pub fn run(cfg: &Config, ctx: &Context) -> Result<Summary, Error> {
         &sources,
         classes.as_deref(),
         &thresholds,
-        Vec::new(),
         &mut writer,
         &mut summary,
     )?;
@@ -219,12 +218,7 @@ pub fn run(cfg: &Config, ctx: &Context) -> Result<Summary, Error> {
     Ok(summary)
 }
 
-fn hashbrown_free_progress(
-    ctx: &Context,
-    total: u64,
-    show: bool,
-    msg: &str,
-) -> indicatif::ProgressBar {
+fn counting_progress(ctx: &Context, total: u64, show: bool, msg: &str) -> indicatif::ProgressBar {
     if show {
         process::progress(ctx, total, msg)
     } else {

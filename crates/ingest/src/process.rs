@@ -361,7 +361,7 @@ impl<'a> Sources<'a> {
                 },
                 &mut *f,
             ),
-            Format::Csv => self.csv(&path, &en, f),
+            Format::Csv => self.csv(&path, src.swap_lat_lon, &en, f),
             Format::ExifFolder => self.exif(&path, &en, f),
         }
     }
@@ -369,6 +369,7 @@ impl<'a> Sources<'a> {
     fn csv(
         &self,
         path: &Path,
+        swap: Option<bool>,
         en: &Enricher,
         f: &mut impl FnMut(Vec<Item>) -> Result<(), Error>,
     ) -> Result<(), Error> {
@@ -387,11 +388,12 @@ impl<'a> Sources<'a> {
         let headers = r.headers().map_err(bad)?.clone();
         let sample: Vec<csv::StringRecord> =
             r.records().take(100_000).filter_map(|x| x.ok()).collect();
-        let cols =
-            formats::csv::Columns::detect(&headers, sample.iter()).map_err(|msg| Error::Input {
+        let cols = formats::csv::Columns::detect(&headers, sample.iter(), swap).map_err(|msg| {
+            Error::Input {
                 path: path.to_owned(),
                 msg,
-            })?;
+            }
+        })?;
         if cols.swapped {
             tracing::warn!(file = %path.display(), "latitude/longitude headers are swapped (values out of range): reading them swapped");
         }
@@ -627,7 +629,7 @@ pub(crate) fn balance_hash(id: &str, seed: u64) -> u64 {
 
 /// Hash that assigns an id to a shard.
 pub(crate) fn shard_of(id: &str, count: u32) -> u32 {
-    (xxhash_rust::xxh64::xxh64(id.as_bytes(), 0x5348_4152_44) % u64::from(count)) as u32
+    (xxhash_rust::xxh64::xxh64(id.as_bytes(), 0x0053_4841_5244) % u64::from(count)) as u32
 }
 
 /// Writes the rows of this shard; returns the summary.
@@ -637,7 +639,6 @@ pub(crate) fn write(
     sources: &Sources,
     classes: Option<&[String]>,
     thresholds: &HashMap<String, u64>,
-    mut pre_rejects: Vec<Reject>,
     writer: &mut DatasetWriter,
     summary: &mut Summary,
 ) -> Result<(), Error> {
@@ -656,8 +657,9 @@ pub(crate) fn write(
         .collect();
     let mut seen: HashSet<u128> = HashSet::new();
     let mut b = SamplesBuilder::new();
-    let mut rejects_local = Vec::new();
-    sources.for_each(&mut pre_rejects, |items| {
+    // Bad lines of truth files, collected while the sources load them.
+    let mut truth_rejects = Vec::new();
+    sources.for_each(&mut truth_rejects, |items| {
         for it in items {
             match it {
                 Item::Reject(r) => {
@@ -731,8 +733,7 @@ pub(crate) fn write(
     if b.len() > 0 {
         writer.write(&b.finish()?)?;
     }
-    rejects_local.append(&mut pre_rejects);
-    for r in rejects_local {
+    for r in truth_rejects {
         if mine_reject(&r) {
             *summary.rejects.entry(r.reason.to_string()).or_default() += 1;
             writer.reject(r)?;
@@ -741,12 +742,12 @@ pub(crate) fn write(
     Ok(())
 }
 
+/// Per class key: its row count, and the balancing hashes of its rows.
+pub(crate) type ClassTally = (HashMap<String, u64>, HashMap<String, Vec<u64>>);
+
 /// The counting pass for `top_k` and `balance`: class counts and, per class, the balancing
 /// hashes of its rows.
-pub(crate) fn count(
-    cfg: &Config,
-    sources: &Sources,
-) -> Result<(HashMap<String, u64>, HashMap<String, Vec<u64>>), Error> {
+pub(crate) fn count(cfg: &Config, sources: &Sources) -> Result<ClassTally, Error> {
     let mut seen: HashSet<u128> = HashSet::new();
     let mut counts: HashMap<String, u64> = HashMap::new();
     let mut hashes: HashMap<String, Vec<u64>> = HashMap::new();

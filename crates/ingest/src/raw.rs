@@ -10,7 +10,7 @@ use arrow::array::{
     ArrayRef, Float64Builder, Int16Builder, Int64Builder, Int8Builder, RecordBatch, StringBuilder,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use parquet::arrow::ArrowWriter;
+use geoloc_core::parquet_writer::ParallelWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use rayon::prelude::*;
@@ -107,10 +107,12 @@ pub fn mediaeval_to_parquet(input: &Path, output: &Path) -> Result<u64, Error> {
         path: output.to_owned(),
         msg: e.to_string(),
     };
-    let mut w = ArrowWriter::try_new(
+    let mut w = ParallelWriter::try_new(
         std::io::BufWriter::with_capacity(4 << 20, out),
         schema.clone(),
-        Some(props),
+        props,
+        512 * 1024,
+        64 << 20,
     )
     .map_err(pq)?;
     let in_flight = 2 * rayon::current_num_threads().max(1);
@@ -137,6 +139,6 @@ pub fn mediaeval_to_parquet(input: &Path, output: &Path) -> Result<u64, Error> {
             w.write(&b).map_err(pq)?;
         }
     }
-    w.close().map_err(pq)?;
+    w.into_inner().map_err(pq)?;
     Ok(rows)
 }

@@ -8,7 +8,7 @@
 use crate::config::{Split, SplitConfig};
 
 /// The default key ("geoloc" in ASCII).
-pub const DEFAULT_SPLIT_KEY: u64 = 0x0067_656f_6c6f_63;
+pub const DEFAULT_SPLIT_KEY: u64 = 0x0000_6765_6f6c_6f63;
 
 /// The name recorded in manifests.
 pub const SPLIT_HASH_NAME: &str = "xxh64";

@@ -27,15 +27,14 @@ impl Chunk {
         let mut n = self.first_line;
         self.data
             .split(|&b| b == b'\n')
-            .enumerate()
-            .filter_map(move |(k, l)| {
-                // The split yields one empty tail after a final newline: drop it.
-                let _ = k;
+            .map(move |l| {
                 let line = l.strip_suffix(b"\r").unwrap_or(l);
                 let num = n;
                 n += 1;
-                Some((num, line))
+                (num, line)
             })
+            // Empty lines are skipped (they keep their number); this also drops the empty
+            // tail that split() yields after a final newline.
             .filter(|(_, l)| !l.is_empty())
     }
 }

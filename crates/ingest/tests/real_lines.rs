@@ -136,7 +136,7 @@ fn csv_rows(text: &str) -> (formats::csv::Columns, Vec<formats::csv::CsvRow>) {
         .from_reader(text.as_bytes());
     let headers = r.headers().unwrap().clone();
     let recs: Vec<csv::StringRecord> = r.records().map(|x| x.unwrap()).collect();
-    let cols = formats::csv::Columns::detect(&headers, recs.iter()).unwrap();
+    let cols = formats::csv::Columns::detect(&headers, recs.iter(), None).unwrap();
     let rows = recs
         .iter()
         .map(|rec| formats::csv::parse_record(&cols, rec).unwrap())
@@ -180,13 +180,14 @@ fn geoclip_and_results_csv_headers() {
     let headers = r.headers().unwrap().clone();
     let recs: Vec<_> = r.records().map(|x| x.unwrap()).collect();
     // A results file reads as its ground truth (gt_lat, gt_long).
-    let cols = formats::csv::Columns::detect(&headers, recs.iter()).unwrap();
+    let cols = formats::csv::Columns::detect(&headers, recs.iter(), None).unwrap();
     let r = formats::csv::parse_record(&cols, &recs[0]).unwrap();
     assert_eq!(r.id, "1095548455_f636d22cbb_1277_8576809@N08.jpg");
     assert_eq!(r.coords, Some((31.893581, -85.141124)));
     let e = formats::csv::Columns::detect(
         &csv::StringRecord::from(vec!["IMG_ID", "X", "Y"]),
         std::iter::empty(),
+        None,
     )
     .unwrap_err();
     assert!(e.contains("no latitude column"), "{e}");

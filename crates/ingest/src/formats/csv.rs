@@ -4,8 +4,9 @@
 //! Columns are found by name, case-insensitively. Some published files have the latitude and
 //! longitude headers swapped (GeoEstimation's im2gps CSVs before commit 5e091c0 read
 //! `LON,LAT` over values that were `lat,lon`): [`Columns::detect`] checks the values' ranges
-//! on a sample and swaps the columns when the one labelled latitude leaves [-90, 90] while the
-//! other never does.
+//! on a sample and swaps the columns when the one labelled latitude leaves [-90, 90] in at
+//! least 5% of the rows while the other never does (a stray bad row is a reject, not a reason
+//! to swap a whole file). The `swap_lat_lon` source option overrides the detection.
 
 use super::{coord_pair, LineError};
 
@@ -50,9 +51,12 @@ fn find(headers: &csv::StringRecord, names: &[&str]) -> Option<usize> {
 
 impl Columns {
     /// Finds the columns in `headers` and checks lat/lon ranges over `sample` rows.
+    ///
+    /// `force` overrides the detection: `Some(true)` swaps, `Some(false)` trusts the header.
     pub fn detect<'a>(
         headers: &csv::StringRecord,
         sample: impl Iterator<Item = &'a csv::StringRecord>,
+        force: Option<bool>,
     ) -> Result<Columns, String> {
         let list = || headers.iter().collect::<Vec<_>>().join(",");
         let id = find(headers, ID_NAMES).ok_or_else(|| {
@@ -85,17 +89,15 @@ impl Columns {
             id_name: headers.get(id).unwrap_or_default().to_owned(),
             swapped: false,
         };
-        let (mut lat_out, mut lon_out) = (false, false);
+        let (mut n, mut lat_out, mut lon_out) = (0usize, 0usize, 0usize);
         for rec in sample {
             let v = |i: usize| rec.get(i).and_then(|s| s.trim().parse::<f64>().ok());
-            if v(lat).is_some_and(|x| x.abs() > 90.0) {
-                lat_out = true;
-            }
-            if v(lon).is_some_and(|x| x.abs() > 90.0) {
-                lon_out = true;
-            }
+            n += 1;
+            lat_out += usize::from(v(lat).is_some_and(|x| x.abs() > 90.0));
+            lon_out += usize::from(v(lon).is_some_and(|x| x.abs() > 90.0));
         }
-        if lat_out && !lon_out {
+        let detected = lat_out > 0 && lat_out * 20 >= n && lon_out == 0;
+        if force.unwrap_or(detected) {
             std::mem::swap(&mut cols.lat, &mut cols.lon);
             cols.swapped = true;
         }

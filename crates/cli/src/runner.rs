@@ -1,0 +1,274 @@
+//! The pipeline runner: decides which stage instances are fresh, stale or missing, and runs
+//! what is stale in dependency order. The same code runs behind `geoloc run` (on cluster
+//! nodes, without cargo) and `cargo xtask run` (developers).
+
+use crate::stages::{self, Stage};
+use anyhow::{bail, Context as _, Result};
+use geoloc_core::config::Pipeline;
+use geoloc_core::dataset::Manifest;
+use geoloc_core::shard::Shard;
+use geoloc_core::stage::Context;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// The state of one instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    /// Its committed output matches its current fingerprint.
+    Fresh,
+    /// It has committed output, but something it reads changed (the reason says what).
+    Stale(String),
+    /// It has no committed output (the reason says why).
+    Missing(String),
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            State::Fresh => write!(f, "fresh"),
+            State::Stale(r) => write!(f, "stale: {r}"),
+            State::Missing(r) => write!(f, "missing: {r}"),
+        }
+    }
+}
+
+/// Which instances a run considers.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    /// Only these instances (their inputs must already be committed).
+    pub only: Vec<String>,
+    /// This instance and everything downstream of it.
+    pub downstream: Option<String>,
+    /// Rerun selected instances even when fresh.
+    pub force: bool,
+}
+
+/// Runs and inspects one pipeline.
+pub struct Runner {
+    pub pipeline: Pipeline,
+    pub build: String,
+    pub progress: bool,
+}
+
+/// One line of `status`.
+#[derive(Debug, Clone)]
+pub struct InstanceStatus {
+    pub name: String,
+    pub kind: String,
+    pub dir: PathBuf,
+    pub state: State,
+}
+
+impl Runner {
+    /// Loads a pipeline; `runs_dir` overrides the file's.
+    pub fn load(file: &std::path::Path, runs_dir: Option<PathBuf>) -> Result<Runner> {
+        let mut pipeline = Pipeline::load(file)?;
+        if let Some(r) = runs_dir {
+            pipeline.runs_dir = r;
+        }
+        for (name, decl) in &pipeline.stages {
+            stages::lookup(&decl.kind).with_context(|| format!("instance `{name}`"))?;
+        }
+        Ok(Runner {
+            pipeline,
+            build: geoloc_core::stage::build_id(),
+            progress: true,
+        })
+    }
+
+    /// The context of an instance for `shard`.
+    pub fn context(&self, name: &str, shard: Shard) -> Context {
+        Context {
+            root: self.pipeline.root.clone(),
+            out_dir: self.pipeline.instance_dir(name),
+            shard,
+            build: self.build.clone(),
+            progress: self.progress,
+        }
+    }
+
+    fn stage(&self, name: &str) -> Result<(&geoloc_core::config::StageDecl, Box<dyn Stage>)> {
+        let decl = self
+            .pipeline
+            .stages
+            .get(name)
+            .ok_or_else(|| self.pipeline.unknown(name))?;
+        Ok((decl, stages::lookup(&decl.kind)?))
+    }
+
+    /// The committed manifests of an instance's inputs, or the first missing one's name.
+    fn input_manifests(
+        &self,
+        name: &str,
+    ) -> Result<std::result::Result<Vec<(String, Manifest)>, String>> {
+        let (decl, _) = self.stage(name)?;
+        let mut out = Vec::new();
+        for i in &decl.inputs {
+            match Manifest::load(&self.pipeline.instance_dir(i)) {
+                Ok(m) => out.push((i.clone(), m)),
+                Err(_) => return Ok(Err(i.clone())),
+            }
+        }
+        Ok(Ok(out))
+    }
+
+    /// The state of one instance, given the states of those before it.
+    fn state_of(&self, name: &str, before: &BTreeMap<String, State>) -> Result<State> {
+        let (decl, stage) = self.stage(name)?;
+        for i in &decl.inputs {
+            match before.get(i) {
+                Some(State::Fresh) | None => {}
+                Some(State::Stale(_)) => return Ok(State::Stale(format!("input `{i}` is stale"))),
+                Some(State::Missing(_)) => {
+                    return Ok(State::Missing(format!("input `{i}` is missing")))
+                }
+            }
+        }
+        let dir = self.pipeline.instance_dir(name);
+        let manifest = match Manifest::load(&dir) {
+            Ok(m) => m,
+            Err(_) => {
+                let why = if dir.exists() {
+                    "no committed output (interrupted or never finalized)"
+                } else {
+                    "never run"
+                };
+                return Ok(State::Missing(why.into()));
+            }
+        };
+        let inputs = match self.input_manifests(name)? {
+            Ok(m) => m,
+            Err(i) => return Ok(State::Missing(format!("input `{i}` is missing"))),
+        };
+        let ctx = self.context(name, Shard::ALL);
+        let fp = match stage.fingerprint(decl, &ctx, &inputs) {
+            Ok(fp) => fp,
+            Err(e) => {
+                return Ok(State::Stale(format!(
+                    "cannot fingerprint its inputs: {e:#}"
+                )))
+            }
+        };
+        if fp == manifest.info.fingerprint {
+            // Fingerprints match: check the parts are all there too.
+            return Ok(match stage.check_output(&dir) {
+                Ok(()) => State::Fresh,
+                Err(e) => State::Missing(format!("committed output is damaged: {e:#}")),
+            });
+        }
+        let cfg = stage.config_json(decl, &ctx)?;
+        Ok(State::Stale(if cfg != manifest.info.config {
+            "its config changed".into()
+        } else if manifest.info.stage_format_version != stage.format_version() {
+            format!(
+                "its output format changed (v{} -> v{})",
+                manifest.info.stage_format_version,
+                stage.format_version()
+            )
+        } else {
+            "its inputs changed".into()
+        }))
+    }
+
+    /// Every instance's state, in run order.
+    pub fn status(&self) -> Result<Vec<InstanceStatus>> {
+        let mut states = BTreeMap::new();
+        let mut out = Vec::new();
+        for name in &self.pipeline.order {
+            let st = self.state_of(name, &states)?;
+            states.insert(name.clone(), st.clone());
+            out.push(InstanceStatus {
+                name: name.clone(),
+                kind: self.pipeline.stages[name].kind.clone(),
+                dir: self.pipeline.instance_dir(name),
+                state: st,
+            });
+        }
+        Ok(out)
+    }
+
+    fn selected(&self, sel: &Selection) -> Result<Vec<String>> {
+        if !sel.only.is_empty() && sel.downstream.is_some() {
+            bail!("give --only or --downstream, not both");
+        }
+        if let Some(d) = &sel.downstream {
+            return Ok(self.pipeline.downstream(d)?);
+        }
+        if !sel.only.is_empty() {
+            for o in &sel.only {
+                if !self.pipeline.stages.contains_key(o) {
+                    return Err(self.pipeline.unknown(o).into());
+                }
+            }
+            return Ok(self
+                .pipeline
+                .order
+                .iter()
+                .filter(|n| sel.only.contains(n))
+                .cloned()
+                .collect());
+        }
+        Ok(self.pipeline.order.clone())
+    }
+
+    /// Runs the selected instances that are stale or missing (all of them with `force`), in
+    /// dependency order. Returns each considered instance with what happened.
+    pub fn run(&self, sel: &Selection) -> Result<Vec<(String, String)>> {
+        let chosen = self.selected(sel)?;
+        let mut report = Vec::new();
+        let mut states: BTreeMap<String, State> = BTreeMap::new();
+        for name in self.pipeline.order.clone() {
+            let st = self.state_of(&name, &states)?;
+            if !chosen.contains(&name) {
+                states.insert(name, st);
+                continue;
+            }
+            if st == State::Fresh && !sel.force {
+                tracing::info!(instance = %name, "fresh, skipped");
+                report.push((name.clone(), "fresh".into()));
+                states.insert(name, State::Fresh);
+                continue;
+            }
+            if let Err(i) = self.input_manifests(&name)? {
+                bail!("instance `{name}` reads `{i}`, which has no committed output: run it first (drop --only, or use --downstream {i})");
+            }
+            tracing::info!(instance = %name, state = %st, "running");
+            let t0 = Instant::now();
+            let summary = self.run_instance(&name, Shard::ALL)?;
+            self.finalize_instance(&name, 1)?;
+            let secs = t0.elapsed().as_secs_f64();
+            tracing::info!(instance = %name, seconds = format!("{secs:.2}"), "{summary}");
+            report.push((name.clone(), format!("ran in {secs:.2}s: {summary}")));
+            states.insert(name, State::Fresh);
+        }
+        Ok(report)
+    }
+
+    /// Runs one shard of one instance (no finalize). Returns the stage's summary line.
+    pub fn run_instance(&self, name: &str, shard: Shard) -> Result<String> {
+        let (decl, stage) = self.stage(name)?;
+        let inputs = match self.input_manifests(name)? {
+            Ok(m) => m,
+            Err(i) => bail!("instance `{name}` reads `{i}`, which has no committed output"),
+        };
+        let ctx = self.context(name, shard);
+        stage
+            .run(decl, &ctx, &inputs)
+            .with_context(|| format!("instance `{name}` ({}) shard {shard}", decl.kind))
+    }
+
+    /// Commits an instance whose `shards` shards have all run.
+    pub fn finalize_instance(&self, name: &str, shards: u32) -> Result<Manifest> {
+        let (decl, stage) = self.stage(name)?;
+        let inputs = match self.input_manifests(name)? {
+            Ok(m) => m,
+            Err(i) => bail!("instance `{name}` reads `{i}`, which has no committed output"),
+        };
+        let ctx = self.context(name, Shard::ALL);
+        stage
+            .finalize(decl, &ctx, &inputs, shards)
+            .with_context(|| format!("finalizing `{name}`"))
+    }
+}

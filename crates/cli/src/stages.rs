@@ -1,0 +1,122 @@
+//! The registry of stage kinds the runner knows, behind one small trait. Adding a stage
+//! crate means adding one impl here.
+
+use anyhow::{anyhow, Context as _, Result};
+use geoloc_core::config::StageDecl;
+use geoloc_core::dataset::{Dataset, Manifest};
+use geoloc_core::stage::Context;
+use std::path::Path;
+
+/// What the runner needs of a stage kind.
+pub trait Stage {
+    /// The kind's output-format version.
+    fn format_version(&self) -> u32;
+    /// The instance's resolved config as JSON (what manifests record).
+    fn config_json(&self, decl: &StageDecl, ctx: &Context) -> Result<serde_json::Value>;
+    /// The fingerprint of the instance given its inputs' manifests.
+    fn fingerprint(
+        &self,
+        decl: &StageDecl,
+        ctx: &Context,
+        inputs: &[(String, Manifest)],
+    ) -> Result<String>;
+    /// Runs one shard; returns a one-line summary.
+    fn run(&self, decl: &StageDecl, ctx: &Context, inputs: &[(String, Manifest)])
+        -> Result<String>;
+    /// Commits the output once every shard has run.
+    fn finalize(
+        &self,
+        decl: &StageDecl,
+        ctx: &Context,
+        inputs: &[(String, Manifest)],
+        shards: u32,
+    ) -> Result<Manifest>;
+    /// Checks a committed output opens (parts present, sizes right).
+    fn check_output(&self, dir: &Path) -> Result<()>;
+}
+
+/// The stage for a kind name.
+pub fn lookup(kind: &str) -> Result<Box<dyn Stage>> {
+    match kind {
+        geoloc_ingest::KIND => Ok(Box::new(Ingest)),
+        other => Err(anyhow!(
+            "unknown stage kind `{other}` (known: {})",
+            geoloc_ingest::KIND
+        )),
+    }
+}
+
+/// Parses a stage config table into its typed config, naming the instance on error.
+pub fn parse_config<T: serde::de::DeserializeOwned>(decl: &StageDecl) -> Result<T> {
+    toml::Value::Table(decl.config.clone())
+        .try_into()
+        .map_err(|e| anyhow!("invalid `{}` config: {e}", decl.kind))
+}
+
+struct Ingest;
+
+impl Stage for Ingest {
+    fn format_version(&self) -> u32 {
+        geoloc_ingest::FORMAT_VERSION
+    }
+    fn config_json(&self, decl: &StageDecl, _ctx: &Context) -> Result<serde_json::Value> {
+        let cfg: geoloc_ingest::Config = parse_config(decl)?;
+        Ok(serde_json::to_value(cfg)?)
+    }
+    fn fingerprint(
+        &self,
+        decl: &StageDecl,
+        ctx: &Context,
+        _inputs: &[(String, Manifest)],
+    ) -> Result<String> {
+        let cfg: geoloc_ingest::Config = parse_config(decl)?;
+        Ok(geoloc_ingest::fingerprint(&cfg, ctx)?)
+    }
+    fn run(
+        &self,
+        decl: &StageDecl,
+        ctx: &Context,
+        _inputs: &[(String, Manifest)],
+    ) -> Result<String> {
+        let cfg: geoloc_ingest::Config = parse_config(decl)?;
+        let s = geoloc_ingest::run(&cfg, ctx)?;
+        Ok(format_ingest_summary(&s))
+    }
+    fn finalize(
+        &self,
+        decl: &StageDecl,
+        ctx: &Context,
+        _inputs: &[(String, Manifest)],
+        shards: u32,
+    ) -> Result<Manifest> {
+        let cfg: geoloc_ingest::Config = parse_config(decl)?;
+        Ok(geoloc_ingest::finalize(&cfg, ctx, shards)?)
+    }
+    fn check_output(&self, dir: &Path) -> Result<()> {
+        Dataset::open(dir, &geoloc_core::schema::samples()).context("samples dataset")?;
+        Ok(())
+    }
+}
+
+/// One line for logs and the CLI.
+pub fn format_ingest_summary(s: &geoloc_ingest::Summary) -> String {
+    let kv = |m: &std::collections::BTreeMap<String, u64>| {
+        if m.is_empty() {
+            "none".to_string()
+        } else {
+            m.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        }
+    };
+    format!(
+        "{} rows read, {} written (splits: {}); rejected: {}; filtered: {}; classes: [{}]",
+        s.rows_read,
+        s.rows_written,
+        kv(&s.splits),
+        kv(&s.rejects),
+        kv(&s.filtered),
+        s.classes.join(", ")
+    )
+}

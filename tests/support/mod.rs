@@ -1,0 +1,76 @@
+//! Helpers of the end-to-end tests: run the real `geoloc` binary, read datasets.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn workspace() -> PathBuf {
+    geoloc_core::fixtures::workspace_root(Path::new(env!("CARGO_MANIFEST_DIR")))
+}
+
+/// Runs `geoloc ARGS` (no progress bars), returns the output; panics with both streams when
+/// `expect_ok` does not match the exit status.
+pub fn geoloc(args: &[&str], cwd: &Path, envs: &[(&str, &str)], expect_ok: bool) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_geoloc"));
+    c.arg("--no-progress").args(args).current_dir(cwd);
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    // The test process may itself run under a scheduler: do not inherit shard variables.
+    for v in [
+        "SLURM_ARRAY_TASK_ID",
+        "SLURM_ARRAY_TASK_COUNT",
+        "JOB_COMPLETION_INDEX",
+        "GEOLOC_SHARD_COUNT",
+    ] {
+        if !envs.iter().any(|(k, _)| k == &v) {
+            c.env_remove(v);
+        }
+    }
+    let out = c.output().expect("geoloc runs");
+    if out.status.success() != expect_ok {
+        panic!(
+            "geoloc {args:?} exited {} (expected {}):\nstdout:\n{}\nstderr:\n{}",
+            out.status,
+            if expect_ok { "success" } else { "failure" },
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A project-shaped temporary folder with the demo pipeline and `rows` rows of demo data.
+pub fn demo_project(rows: usize) -> tempfile::TempDir {
+    let t = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(t.path().join("pipelines")).unwrap();
+    std::fs::copy(
+        workspace().join("pipelines/demo.toml"),
+        t.path().join("pipelines/demo.toml"),
+    )
+    .unwrap();
+    geoloc(
+        &[
+            "synth",
+            "mediaeval",
+            "--out",
+            "data/demo",
+            "--rows",
+            &rows.to_string(),
+            "--seed",
+            "7",
+        ],
+        t.path(),
+        &[],
+        true,
+    );
+    t
+}
