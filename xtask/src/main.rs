@@ -295,5 +295,18 @@ fn bench_ingest(args: &[String]) -> Result<()> {
     sh(Command::new(&py)
         .arg(peers.join("peers/check_parquet.py"))
         .arg(&out_dir))?;
+    // The samples dataset opens in polars, DuckDB and pyarrow without options.
+    let parts = work.join("runs/ingest/part-*.parquet");
+    let check = format!(
+        "import glob, duckdb, polars as pl, pyarrow.parquet as pq\n\
+         files = sorted(glob.glob('{p}'))\n\
+         n_pl = pl.read_parquet(files).height\n\
+         n_db = duckdb.sql(\"select count(*) from read_parquet('{p}')\").fetchone()[0]\n\
+         n_pa = sum(pq.read_table(f).num_rows for f in files)\n\
+         assert n_pl == n_db == n_pa, (n_pl, n_db, n_pa)\n\
+         print(f'samples dataset: {{n_pl}} rows read alike by polars, DuckDB and pyarrow')\n",
+        p = parts.display()
+    );
+    sh(Command::new(&py).arg("-c").arg(check))?;
     Ok(())
 }

@@ -38,6 +38,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -90,7 +91,7 @@ impl Default for WriterOptions {
             format: PartFormat::Parquet,
             part_cap_bytes: 1 << 30,
             row_group_rows: 512 * 1024,
-            row_group_bytes: 64 << 20,
+            row_group_bytes: 32 << 20,
             zstd_level: 3,
         }
     }
@@ -379,7 +380,14 @@ impl DatasetWriter {
                             source: e,
                         })?,
                     ))
-                    .set_max_row_group_row_count(Some(self.opts.row_group_rows))
+                    .set_max_row_group_row_count(Some(self.opts.row_group_rows));
+                let props = self
+                    .schema
+                    .plain
+                    .iter()
+                    .fold(props, |p, c| {
+                        p.set_column_dictionary_enabled(ColumnPath::from(*c), false)
+                    })
                     .build();
                 Sink::Parquet(
                     ParallelWriter::try_new(

@@ -2,9 +2,10 @@
 //!
 //! parquet's `ArrowWriter` encodes and compresses one column after another on the calling
 //! thread; on wide row groups that is the bottleneck of a TSV-to-Parquet conversion. This
-//! writer buffers batches up to a row-group size, then hands each column to a rayon task
-//! (`ArrowColumnWriter`, the parquet crate's own API for this) and appends the encoded chunks
-//! in schema order. The file is the same as `ArrowWriter`'s (the Arrow schema is embedded, so
+//! writer buffers batches up to a row-group size, then encodes the row group on rayon's pool,
+//! each column in its own task (`ArrowColumnWriter`, the parquet crate's own API for this),
+//! while the caller goes on producing the next batches; finished row groups are appended in
+//! order, at most two under way at once. The file is the same as `ArrowWriter`'s (the Arrow schema is embedded, so
 //! readers get the same types back). Columns must have one Parquet leaf each (flat columns
 //! and lists of primitives); nested structs are refused.
 
@@ -16,7 +17,11 @@ use parquet::errors::{ParquetError, Result};
 use parquet::file::properties::WriterProperties;
 use parquet::file::writer::SerializedFileWriter;
 use rayon::prelude::*;
+use std::collections::VecDeque;
 use std::io::Write;
+use std::sync::mpsc::{sync_channel, Receiver};
+
+type Encoded = Result<Vec<ArrowColumnChunk>>;
 
 /// See the module docs.
 pub struct ParallelWriter<W: Write + Send> {
@@ -29,7 +34,12 @@ pub struct ParallelWriter<W: Write + Send> {
     row_group_rows: usize,
     row_group_bytes: usize,
     row_groups: usize,
+    /// Row groups being encoded on the pool, oldest first, with their Arrow sizes.
+    in_flight: VecDeque<(Receiver<Encoded>, usize)>,
 }
+
+/// Row groups encoded concurrently while the caller produces the next ones.
+const MAX_IN_FLIGHT: usize = 2;
 
 impl<W: Write + Send> ParallelWriter<W> {
     /// A writer over `sink`. A row group is encoded once it holds `row_group_rows` rows or
@@ -53,10 +63,11 @@ impl<W: Write + Send> ParallelWriter<W> {
             row_group_rows: row_group_rows.max(1),
             row_group_bytes: row_group_bytes.max(1),
             row_groups: 0,
+            in_flight: VecDeque::new(),
         })
     }
 
-    /// Buffers a batch; encodes a row group when the buffer is full.
+    /// Buffers a batch; starts encoding a row group when the buffer is full.
     pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
         if batch.num_rows() == 0 {
             return Ok(());
@@ -70,12 +81,15 @@ impl<W: Write + Send> ParallelWriter<W> {
         Ok(())
     }
 
-    /// Bytes written to the sink so far plus an estimate of the buffered rows.
+    /// Bytes written to the sink so far plus an estimate of the buffered and in-flight rows.
     pub fn size_estimate(&self) -> u64 {
-        self.writer.bytes_written() as u64 + (self.pending_bytes / 4) as u64
+        let buffered: usize =
+            self.pending_bytes + self.in_flight.iter().map(|(_, b)| b).sum::<usize>();
+        self.writer.bytes_written() as u64 + (buffered / 4) as u64
     }
 
-    /// Encodes the buffered rows as one row group.
+    /// Starts encoding the buffered rows as one row group on rayon's pool; appends finished
+    /// row groups in order, keeping at most [`MAX_IN_FLIGHT`] under way.
     pub fn flush(&mut self) -> Result<()> {
         if self.pending.is_empty() {
             return Ok(());
@@ -90,32 +104,54 @@ impl<W: Write + Send> ParallelWriter<W> {
         }
         let pending = std::mem::take(&mut self.pending);
         let fields = self.schema.fields().clone();
-        let chunks: Vec<ArrowColumnChunk> = writers
-            .into_par_iter()
-            .enumerate()
-            .map(|(i, mut w)| {
-                for b in &pending {
-                    for leaf in compute_leaves(&fields[i], b.column(i))? {
-                        w.write(&leaf)?;
+        let (tx, rx) = sync_channel(1);
+        rayon::spawn(move || {
+            let encoded: Encoded = writers
+                .into_par_iter()
+                .enumerate()
+                .map(|(i, mut w)| {
+                    for b in &pending {
+                        for leaf in compute_leaves(&fields[i], b.column(i))? {
+                            w.write(&leaf)?;
+                        }
                     }
-                }
-                w.close()
-            })
-            .collect::<Result<_>>()?;
+                    w.close()
+                })
+                .collect();
+            // The receiver only goes away when the writer is dropped mid-way.
+            let _ = tx.send(encoded);
+        });
+        self.in_flight.push_back((rx, self.pending_bytes));
+        self.row_groups += 1;
+        self.pending_rows = 0;
+        self.pending_bytes = 0;
+        while self.in_flight.len() > MAX_IN_FLIGHT {
+            self.append_oldest()?;
+        }
+        Ok(())
+    }
+
+    fn append_oldest(&mut self) -> Result<()> {
+        let Some((rx, _)) = self.in_flight.pop_front() else {
+            return Ok(());
+        };
+        let chunks = rx.recv().map_err(|_| {
+            ParquetError::General("a row-group encoder stopped without a result".into())
+        })??;
         let mut rg = self.writer.next_row_group()?;
         for c in chunks {
             c.append_to_row_group(&mut rg)?;
         }
         rg.close()?;
-        self.row_groups += 1;
-        self.pending_rows = 0;
-        self.pending_bytes = 0;
         Ok(())
     }
 
-    /// Flushes and writes the footer; returns the sink.
+    /// Flushes, waits for every row group, and writes the footer; returns the sink.
     pub fn into_inner(mut self) -> Result<W> {
         self.flush()?;
+        while !self.in_flight.is_empty() {
+            self.append_oldest()?;
+        }
         self.writer.into_inner()
     }
 }

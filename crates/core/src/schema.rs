@@ -20,6 +20,9 @@ pub struct DatasetSchema {
     pub arrow: SchemaRef,
     /// Columns that identify a row (`id`, and `view` for per-view datasets).
     pub key: &'static [&'static str],
+    /// Columns of mostly unique values, written without dictionary encoding (a dictionary
+    /// would only be built to be thrown away).
+    pub plain: &'static [&'static str],
 }
 
 impl DatasetSchema {
@@ -112,6 +115,7 @@ pub fn samples() -> DatasetSchema {
             Field::new("label", DataType::Int32, true),
         ])),
         key: &["id"],
+        plain: &["id", "user", "lat", "lon", "image"],
     }
 }
 
@@ -136,6 +140,7 @@ pub fn rejects() -> DatasetSchema {
             Field::new("detail", DataType::Utf8, false),
         ])),
         key: &[],
+        plain: &["id", "detail"],
     }
 }
 

@@ -655,7 +655,10 @@ pub(crate) fn write(
         .enumerate()
         .map(|(i, c)| (c.as_str(), i as i32))
         .collect();
-    let mut seen: HashSet<u128> = HashSet::new();
+    // Sized once from the input size (about 100 bytes a line), so the set never doubles
+    // (and briefly holds both tables) on large inputs.
+    let expected_rows = (total_bytes(cfg, ctx) / 100 / u64::from(shard.count)) as usize;
+    let mut seen: HashSet<u128> = HashSet::with_capacity(expected_rows);
     let mut b = SamplesBuilder::new();
     // Bad lines of truth files, collected while the sources load them.
     let mut truth_rejects = Vec::new();

@@ -4,7 +4,6 @@
 //! `hash` str, `media_type` i8, `year` i16, `place_node_id` i64, `node_name` str,
 //! `longitude` f64, `latitude` f64; empty fields are null; zstd level 3).
 
-use crate::text::LineChunks;
 use crate::Error;
 use arrow::array::{
     ArrayRef, Float64Builder, Int16Builder, Int64Builder, Int8Builder, RecordBatch, StringBuilder,
@@ -13,7 +12,9 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use geoloc_core::parquet_writer::ParallelWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 use rayon::prelude::*;
+use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -30,22 +31,26 @@ pub fn mediaeval_schema() -> SchemaRef {
     ]))
 }
 
-fn utf8(b: &[u8], line: u64) -> Result<&str, String> {
-    std::str::from_utf8(b).map_err(|_| format!("line {line}: not UTF-8"))
-}
-
-fn num<T: std::str::FromStr>(f: &[u8], line: u64, col: &str) -> Result<Option<T>, String> {
+fn num<T: std::str::FromStr>(f: &str, line: u64, col: &str) -> Result<Option<T>, (u64, String)> {
     if f.is_empty() {
         return Ok(None);
     }
-    let s = std::str::from_utf8(f).map_err(|_| format!("line {line}: {col} is not UTF-8"))?;
-    s.parse::<T>()
+    f.parse::<T>()
         .map(Some)
-        .map_err(|_| format!("line {line}: {col} {s:?} does not parse"))
+        .map_err(|_| (line, format!("{col} {f:?} does not parse")))
 }
 
-fn parse_chunk(chunk: &crate::text::Chunk, schema: &SchemaRef) -> Result<RecordBatch, String> {
-    let n = memchr::memchr_iter(b'\n', &chunk.data).count() + 1;
+/// Parses whole lines into one batch; returns it with the number of lines seen. Errors carry
+/// the 0-based line index within `text` and a message.
+fn parse_chunk(text: &[u8], schema: &SchemaRef) -> Result<(RecordBatch, u64), (u64, String)> {
+    // Validate once per chunk; fields split at ASCII tabs and newlines stay valid UTF-8.
+    let text = std::str::from_utf8(text).map_err(|e| {
+        let line = memchr::memchr_iter(b'\n', &text[..e.valid_up_to()]).count() as u64;
+        (line, "not UTF-8".to_string())
+    })?;
+    // About 100 bytes a line: a capacity hint, not a count.
+    let n = text.len() / 64 + 1;
+
     let mut hash = StringBuilder::with_capacity(n, n * 32);
     let mut media = Int8Builder::with_capacity(n);
     let mut year = Int16Builder::with_capacity(n);
@@ -53,16 +58,42 @@ fn parse_chunk(chunk: &crate::text::Chunk, schema: &SchemaRef) -> Result<RecordB
     let mut name = StringBuilder::with_capacity(n, n * 32);
     let mut lon = Float64Builder::with_capacity(n);
     let mut lat = Float64Builder::with_capacity(n);
-    let mut f: Vec<&[u8]> = Vec::with_capacity(8);
-    for (ln, line) in chunk.lines() {
-        crate::text::split_fields(line, b'\t', &mut f);
-        if f.len() != 7 {
-            return Err(format!("line {ln}: {} fields, expected 7", f.len()));
+    let mut f: [&str; 7] = [""; 7];
+    let bytes = text.as_bytes();
+    let mut pos = 0usize;
+    let mut ln = 0u64;
+    while pos < bytes.len() {
+        let end = memchr::memchr(b'\n', &bytes[pos..]).map_or(bytes.len(), |i| pos + i);
+        let mut line_end = end;
+        if line_end > pos && bytes[line_end - 1] == b'\r' {
+            line_end -= 1;
         }
+        let (start, this_line) = (pos, ln);
+        pos = end + 1;
+        ln += 1;
+        if line_end == start {
+            continue;
+        }
+        // Fields by byte positions of the tabs (ASCII, so every cut is a char boundary).
+        let mut count = 0;
+        let mut a = start;
+        for t in memchr::memchr_iter(b'\t', &bytes[start..line_end]) {
+            if count < 6 {
+                f[count] = &text[a..start + t];
+            }
+            count += 1;
+            a = start + t + 1;
+        }
+        if count != 6 {
+            return Err((this_line, format!("{} fields, expected 7", count + 1)));
+        }
+        f[6] = &text[a..line_end];
+        let ln = this_line;
+
         if f[0].is_empty() {
             hash.append_null()
         } else {
-            hash.append_value(utf8(f[0], ln)?)
+            hash.append_value(f[0])
         }
         media.append_option(num(f[1], ln, "media_type")?);
         year.append_option(num(f[2], ln, "year")?);
@@ -70,7 +101,7 @@ fn parse_chunk(chunk: &crate::text::Chunk, schema: &SchemaRef) -> Result<RecordB
         if f[4].is_empty() {
             name.append_null()
         } else {
-            name.append_value(utf8(f[4], ln)?)
+            name.append_value(f[4])
         }
         lon.append_option(num(f[5], ln, "longitude")?);
         lat.append_option(num(f[6], ln, "latitude")?);
@@ -84,25 +115,69 @@ fn parse_chunk(chunk: &crate::text::Chunk, schema: &SchemaRef) -> Result<RecordB
         Arc::new(lon.finish()),
         Arc::new(lat.finish()),
     ];
-    RecordBatch::try_new(schema.clone(), cols).map_err(|e| e.to_string())
+    let batch = RecordBatch::try_new(schema.clone(), cols).map_err(|e| (0, e.to_string()))?;
+    Ok((batch, ln))
 }
 
-/// Converts `input` to `output` (Parquet, zstd 3); returns the row count. Parsing runs on
-/// rayon's pool (`RAYON_NUM_THREADS`), writing on the calling thread.
+const PIECE: usize = 4 << 20;
+
+/// Fills `buf` with `carry` and then the stream's bytes up to the last whole line; leaves the
+/// rest in `carry`. Returns the length of the whole lines (everything at the end of input).
+fn fill(
+    r: &mut impl Read,
+    buf: &mut Vec<u8>,
+    carry: &mut Vec<u8>,
+    eof: &mut bool,
+) -> std::io::Result<usize> {
+    if buf.len() < carry.len() * 2 {
+        buf.resize(carry.len() * 2, 0);
+    }
+    buf[..carry.len()].copy_from_slice(carry);
+    let mut filled = carry.len();
+    carry.clear();
+    loop {
+        while !*eof && filled < buf.len() {
+            let n = r.read(&mut buf[filled..])?;
+            if n == 0 {
+                *eof = true;
+            }
+            filled += n;
+        }
+        if *eof {
+            return Ok(filled);
+        }
+        match memchr::memrchr(b'\n', &buf[..filled]) {
+            Some(i) => {
+                carry.extend_from_slice(&buf[i + 1..filled]);
+                return Ok(i + 1);
+            }
+            // One line longer than the buffer: grow it.
+            None => {
+                let n = buf.len() * 2;
+                buf.resize(n, 0);
+            }
+        }
+    }
+}
+
+/// Converts `input` to `output` (Parquet, zstd 3); returns the row count. The input is read
+/// into reused line-aligned buffers; parsing and column encoding run on rayon's pool
+/// (`RAYON_NUM_THREADS`). Columns of mostly unique values (`hash`, coordinates) are
+/// written without dictionary encoding, as polars and DuckDB decide for them too.
 pub fn mediaeval_to_parquet(input: &Path, output: &Path) -> Result<u64, Error> {
     let io = |p: &Path| {
         let p = p.to_owned();
         move |e| Error::Io { path: p, source: e }
     };
     let schema = mediaeval_schema();
-    let file = std::fs::File::open(input).map_err(io(input))?;
-    let mut chunks = LineChunks::new(file, 8 << 20);
+    let mut file = std::fs::File::open(input).map_err(io(input))?;
     let out = std::fs::File::create(output).map_err(io(output))?;
-    let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(
-            ZstdLevel::try_new(3).expect("3 is a valid zstd level"),
-        ))
-        .build();
+    let mut props = WriterProperties::builder().set_compression(Compression::ZSTD(
+        ZstdLevel::try_new(3).expect("3 is a valid zstd level"),
+    ));
+    for c in ["hash", "longitude", "latitude"] {
+        props = props.set_column_dictionary_enabled(ColumnPath::from(c), false);
+    }
     let pq = |e: parquet::errors::ParquetError| Error::Input {
         path: output.to_owned(),
         msg: e.to_string(),
@@ -110,35 +185,87 @@ pub fn mediaeval_to_parquet(input: &Path, output: &Path) -> Result<u64, Error> {
     let mut w = ParallelWriter::try_new(
         std::io::BufWriter::with_capacity(4 << 20, out),
         schema.clone(),
-        props,
-        512 * 1024,
-        64 << 20,
+        props.build(),
+        256 * 1024,
+        32 << 20,
     )
     .map_err(pq)?;
+    // Reused buffers of about 4 MB, filled with whole lines (a line that does not end in a
+    // buffer moves to the next one), parsed in parallel.
     let in_flight = 2 * rayon::current_num_threads().max(1);
-    let mut rows = 0u64;
-    loop {
-        let mut batch = Vec::new();
-        while batch.len() < in_flight {
-            match chunks.next_chunk().map_err(io(input))? {
-                Some(c) => batch.push(c),
-                None => break,
+    let mut bufs: Vec<Vec<u8>> = (0..in_flight).map(|_| vec![0u8; PIECE]).collect();
+    let mut lens = vec![0usize; in_flight];
+    let mut carry: Vec<u8> = Vec::new();
+    let (mut rows, mut lines_before, mut eof) = (0u64, 0u64, false);
+    while !eof || !carry.is_empty() {
+        let mut used = 0;
+        for (buf, len) in bufs.iter_mut().zip(lens.iter_mut()) {
+            if eof && carry.is_empty() {
+                break;
             }
+            *len = fill(&mut file, buf, &mut carry, &mut eof).map_err(io(input))?;
+            used += 1;
         }
-        if batch.is_empty() {
-            break;
-        }
-        let parsed: Vec<Result<RecordBatch, String>> =
-            batch.par_iter().map(|c| parse_chunk(c, &schema)).collect();
-        for b in parsed {
-            let b = b.map_err(|msg| Error::Input {
+        let parsed: Vec<_> = bufs[..used]
+            .par_iter()
+            .zip(&lens[..used])
+            .map(|(b, &n)| parse_chunk(&b[..n], &schema))
+            .collect();
+        for p in parsed {
+            let (b, lines) = p.map_err(|(line, msg)| Error::Input {
                 path: input.to_owned(),
-                msg,
+                msg: format!("line {}: {msg}", lines_before + line + 1),
             })?;
+            lines_before += lines;
             rows += b.num_rows() as u64;
             w.write(&b).map_err(pq)?;
         }
     }
     w.into_inner().map_err(pq)?;
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::AsArray;
+    use arrow::datatypes::{Float64Type, Int16Type, Int8Type};
+
+    #[test]
+    fn converts_and_names_the_bad_line() {
+        let t = tempfile::tempdir().unwrap();
+        let input = t.path().join("in.tsv");
+        std::fs::write(&input, "aa\t0\t2011\t5\tGermany@Berlin\t13.4\t52.5\r\nbb\t1\t\t6\tFrance\t\t\n\ncc\t0\t2012\t7\tItaly@Rome\t12.5\t41.9").unwrap();
+        let out = t.path().join("out.parquet");
+        assert_eq!(mediaeval_to_parquet(&input, &out).unwrap(), 3);
+        let f = std::fs::File::open(&out).unwrap();
+        let r = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+            .unwrap()
+            .build()
+            .unwrap();
+        let b = r.map(|b| b.unwrap()).next().unwrap();
+        assert_eq!(b.schema(), mediaeval_schema());
+        assert_eq!(b.column(0).as_string::<i32>().value(2), "cc");
+        assert_eq!(b.column(1).as_primitive::<Int8Type>().value(1), 1);
+        assert!(b.column(2).is_null(1));
+        assert_eq!(b.column(2).as_primitive::<Int16Type>().value(2), 2012);
+        assert_eq!(
+            b.column(4).as_string::<i32>().value(0),
+            "Germany@Berlin",
+            "raw: not URL-decoded"
+        );
+        assert_eq!(b.column(6).as_primitive::<Float64Type>().value(0), 52.5);
+        assert!(b.column(6).is_null(1));
+
+        std::fs::write(
+            &input,
+            "aa\t0\t2011\t5\tX\t1\t2\nbb\t0\t2011\t5\tX\t1\t2\ncc\t0\t2011\t5\tX\t1\n",
+        )
+        .unwrap();
+        let e = mediaeval_to_parquet(&input, &out).unwrap_err().to_string();
+        assert!(e.contains("line 3: 6 fields, expected 7"), "{e}");
+        std::fs::write(&input, "aa\t0\t2011\t5\tX\t1\t2\nbb\t0\tyear\t5\tX\t1\t2\n").unwrap();
+        let e = mediaeval_to_parquet(&input, &out).unwrap_err().to_string();
+        assert!(e.contains("line 2: year \"year\" does not parse"), "{e}");
+    }
 }
