@@ -10,6 +10,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
+// Stages allocate and free many small strings from several threads at once; glibc's malloc
+// spent a third of ingest's time in its own bookkeeping there (perf), mimalloc a fraction.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "geoloc",

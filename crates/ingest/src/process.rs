@@ -11,17 +11,23 @@ use crate::layout::{check_inside_root, Layout};
 use crate::split::split_of;
 use crate::text::{Chunk, LineChunks};
 use crate::{Error, Summary};
-use arrow::array::{ArrayRef, Float64Builder, Int32Builder, RecordBatch, StringBuilder};
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Float64Builder, Int32Builder, RecordBatch,
+    StringBuilder,
+};
+use arrow::compute::filter_record_batch;
+use arrow::datatypes::Int32Type;
 use geoloc_core::dataset::{DatasetWriter, Reject};
 use geoloc_core::geo::{CoordError, LatLon};
 use geoloc_core::stage::Context;
 use hashbrown::{HashMap, HashSet};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-const CHUNK_BYTES: usize = 4 << 20;
+const CHUNK_BYTES: usize = 2 << 20;
 const BATCH_ROWS: usize = 64 * 1024;
 
 /// A parsed row before enrichment.
@@ -244,27 +250,45 @@ fn for_each_chunk<T: Send>(
 ) -> Result<(), Error> {
     let mut chunks = LineChunks::new(open(path)?, CHUNK_BYTES);
     let in_flight = 2 * rayon::current_num_threads().max(1);
-    loop {
-        let mut batch = Vec::with_capacity(in_flight);
-        while batch.len() < in_flight {
+    let mut read_group = || -> Result<Vec<Chunk>, Error> {
+        let mut group = Vec::with_capacity(in_flight);
+        while group.len() < in_flight {
             match chunks.next_chunk().map_err(|e| Error::Io {
                 path: path.to_owned(),
                 source: e,
             })? {
-                Some(c) => batch.push(c),
+                Some(c) => group.push(c),
                 None => break,
             }
         }
-        if batch.is_empty() {
-            return Ok(());
+        Ok(group)
+    };
+    let parse = |group: Vec<Chunk>| -> (Vec<T>, usize) {
+        let bytes = group.iter().map(|c| c.data.len()).sum();
+        (group.par_iter().map(&map).collect(), bytes)
+    };
+    // Double buffering: the next group is read and parsed (on a helper thread that feeds
+    // rayon's pool) while this thread hands the current one to `f` in order.
+    std::thread::scope(|scope| -> Result<(), Error> {
+        let mut current = parse(read_group()?);
+        loop {
+            let next = read_group()?;
+            let pending = (!next.is_empty()).then(|| scope.spawn(|| parse(next)));
+            let (items, bytes) = current;
+            for o in items {
+                f(o)?;
+            }
+            progress.inc(bytes as u64);
+            match pending {
+                Some(h) => {
+                    current = h
+                        .join()
+                        .map_err(|_| Error::Config("a parser thread panicked".into()))?
+                }
+                None => return Ok(()),
+            }
         }
-        let bytes: usize = batch.iter().map(|c| c.data.len()).sum();
-        let out: Vec<T> = batch.par_iter().map(&map).collect();
-        for o in out {
-            f(o)?;
-        }
-        progress.inc(bytes as u64);
-    }
+    })
 }
 
 /// Loads a truth file into a map; bad lines become rejects.
@@ -316,19 +340,31 @@ impl<'a> Sources<'a> {
     pub fn for_each(
         &self,
         pre_rejects: &mut Vec<Reject>,
-        mut f: impl FnMut(Vec<Item>) -> Result<(), Error>,
+        f: impl FnMut(Vec<Item>) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        self.for_each_post(pre_rejects, &|items| items, f)
+    }
+
+    /// Like [`Sources::for_each`], with `post` applied to each chunk's items first, in the
+    /// parallel stage where the format allows (line formats), so `f` gets less to do.
+    pub fn for_each_post<U: Send>(
+        &self,
+        pre_rejects: &mut Vec<Reject>,
+        post: &(dyn Fn(Vec<Item>) -> U + Sync),
+        mut f: impl FnMut(U) -> Result<(), Error>,
     ) -> Result<(), Error> {
         for src in &self.cfg.sources {
-            self.source(src, pre_rejects, &mut f)?;
+            self.source(src, pre_rejects, post, &mut f)?;
         }
         Ok(())
     }
 
-    fn source(
+    fn source<U: Send>(
         &self,
         src: &Source,
         pre_rejects: &mut Vec<Reject>,
-        f: &mut impl FnMut(Vec<Item>) -> Result<(), Error>,
+        post: &(dyn Fn(Vec<Item>) -> U + Sync),
+        f: &mut impl FnMut(U) -> Result<(), Error>,
     ) -> Result<(), Error> {
         let path = self.ctx.resolve(&src.path);
         let label: Arc<str> = Arc::from(src.path.display().to_string());
@@ -355,14 +391,16 @@ impl<'a> Sources<'a> {
                 &path,
                 &self.progress,
                 |c| {
-                    c.lines()
-                        .map(|(n, l)| en.parse_line(src.format, n, l))
-                        .collect::<Vec<_>>()
+                    post(
+                        c.lines()
+                            .map(|(n, l)| en.parse_line(src.format, n, l))
+                            .collect::<Vec<_>>(),
+                    )
                 },
                 &mut *f,
             ),
-            Format::Csv => self.csv(&path, src.swap_lat_lon, &en, f),
-            Format::ExifFolder => self.exif(&path, &en, f),
+            Format::Csv => self.csv(&path, src.swap_lat_lon, &en, &mut |items| f(post(items))),
+            Format::ExifFolder => self.exif(&path, &en, &mut |items| f(post(items))),
         }
     }
 
@@ -371,7 +409,7 @@ impl<'a> Sources<'a> {
         path: &Path,
         swap: Option<bool>,
         en: &Enricher,
-        f: &mut impl FnMut(Vec<Item>) -> Result<(), Error>,
+        f: &mut dyn FnMut(Vec<Item>) -> Result<(), Error>,
     ) -> Result<(), Error> {
         let bad = |e: csv::Error| Error::Input {
             path: path.to_owned(),
@@ -443,7 +481,7 @@ impl<'a> Sources<'a> {
         &self,
         root: &Path,
         en: &Enricher,
-        f: &mut impl FnMut(Vec<Item>) -> Result<(), Error>,
+        f: &mut dyn FnMut(Vec<Item>) -> Result<(), Error>,
     ) -> Result<(), Error> {
         let files = formats::exif::list_photos(root).map_err(|e| Error::Io {
             path: root.to_owned(),
@@ -632,7 +670,36 @@ pub(crate) fn shard_of(id: &str, count: u32) -> u32 {
     (xxhash_rust::xxh64::xxh64(id.as_bytes(), 0x0053_4841_5244) % u64::from(count)) as u32
 }
 
-/// Writes the rows of this shard; returns the summary.
+/// What happened to a valid row of this shard in the parallel stage.
+#[derive(Clone, Copy)]
+enum Fate {
+    /// Kept, at this index of the chunk's batch.
+    Kept(u32),
+    /// Left out on purpose, for this reason.
+    Filtered(&'static str),
+}
+
+/// One chunk after the parallel stage: the rows kept by the order-free filters, as a batch,
+/// and what the sequential dedup needs about every valid row.
+struct ChunkOut {
+    batch: Option<RecordBatch>,
+    keys: Vec<u128>,
+    fates: Vec<Fate>,
+    lines: Vec<Option<u64>>,
+    ids: Vec<String>,
+    input: Option<Arc<str>>,
+    rejects: Vec<Reject>,
+    rows_read: u64,
+    filtered: BTreeMap<&'static str, u64>,
+    splits: BTreeMap<&'static str, u64>,
+    classes: Vec<u64>,
+}
+
+/// Writes the rows of this shard; fills the summary.
+///
+/// The order-free work (shard, photos only, class list, balancing, building Arrow arrays)
+/// runs in the parallel stage; this thread only checks ids for duplicates in input order and
+/// writes.
 pub(crate) fn write(
     cfg: &Config,
     ctx: &Context,
@@ -649,92 +716,161 @@ pub(crate) fn write(
         (None, Some(l)) => shard.count == 1 || (l % u64::from(shard.count)) as u32 == shard.index,
         (None, None) => shard.index == 0,
     };
-    let index: HashMap<&str, i32> = classes
-        .unwrap_or(&[])
+    let class_list = classes.unwrap_or(&[]);
+    let index: HashMap<&str, i32> = class_list
         .iter()
         .enumerate()
         .map(|(i, c)| (c.as_str(), i as i32))
         .collect();
+    let post = |items: Vec<Item>| -> Result<ChunkOut, Error> {
+        let mut out = ChunkOut {
+            batch: None,
+            keys: Vec::with_capacity(items.len()),
+            fates: Vec::with_capacity(items.len()),
+            lines: Vec::with_capacity(items.len()),
+            ids: Vec::new(),
+            input: None,
+            rejects: Vec::new(),
+            rows_read: items.len() as u64,
+            filtered: BTreeMap::new(),
+            splits: BTreeMap::new(),
+            classes: vec![0; class_list.len()],
+        };
+        let mut b = SamplesBuilder::new();
+        for it in items {
+            let r = match it {
+                Item::Reject(r) => {
+                    if mine_reject(&r) {
+                        out.rejects.push(r);
+                    }
+                    continue;
+                }
+                Item::Row(r) => r,
+            };
+            if !mine_id(&r.id) {
+                continue;
+            }
+            out.keys.push(id_key(&r.id));
+            out.lines.push(r.line);
+            if out.input.is_none() {
+                out.input = Some(r.input.clone());
+            }
+            let fate = 'fate: {
+                if cfg.photos_only && r.media == Media::Video {
+                    break 'fate Fate::Filtered("video");
+                }
+                let label = match classes {
+                    None => None,
+                    Some(_) => match class_key(&r, cfg.classes.field).and_then(|k| index.get(k)) {
+                        Some(&l) => Some(l),
+                        None if cfg.classes.drop_unlisted => {
+                            break 'fate Fate::Filtered("unlisted-class")
+                        }
+                        None => None,
+                    },
+                };
+                if let (Some(bal), Some(l)) = (&cfg.balance, label) {
+                    let t = thresholds
+                        .get(class_list[l as usize].as_str())
+                        .copied()
+                        .unwrap_or(u64::MAX);
+                    if balance_hash(&r.id, bal.seed) > t {
+                        break 'fate Fate::Filtered("balanced-out");
+                    }
+                }
+                *out.splits.entry(r.split.as_str()).or_default() += 1;
+                if let Some(l) = label {
+                    out.classes[l as usize] += 1;
+                }
+                let k = b.len() as u32;
+                b.push(&r, label);
+                Fate::Kept(k)
+            };
+            if let Fate::Filtered(why) = fate {
+                *out.filtered.entry(why).or_default() += 1;
+            }
+            out.fates.push(fate);
+            out.ids.push(r.id);
+        }
+        if b.len() > 0 {
+            out.batch = Some(b.finish()?);
+        }
+        Ok(out)
+    };
     // Sized once from the input size (about 100 bytes a line), so the set never doubles
     // (and briefly holds both tables) on large inputs.
     let expected_rows = (total_bytes(cfg, ctx) / 100 / u64::from(shard.count)) as usize;
     let mut seen: HashSet<u128> = HashSet::with_capacity(expected_rows);
-    let mut b = SamplesBuilder::new();
+    let mut class_counts = vec![0u64; class_list.len()];
     // Bad lines of truth files, collected while the sources load them.
     let mut truth_rejects = Vec::new();
-    sources.for_each(&mut truth_rejects, |items| {
-        for it in items {
-            match it {
-                Item::Reject(r) => {
-                    summary.rows_read += 1;
-                    if mine_reject(&r) {
-                        *summary.rejects.entry(r.reason.to_string()).or_default() += 1;
-                        writer.reject(r)?;
-                    }
-                }
-                Item::Row(r) => {
-                    summary.rows_read += 1;
-                    if !mine_id(&r.id) {
-                        continue;
-                    }
-                    if !seen.insert(id_key(&r.id)) {
-                        *summary.rejects.entry("duplicate-id".into()).or_default() += 1;
-                        writer.reject(Reject {
-                            detail: format!("id {} appeared earlier in the input", r.id),
-                            id: Some(r.id),
-                            input: r.input.to_string(),
-                            line: r.line,
-                            reason: "duplicate-id",
-                        })?;
-                        continue;
-                    }
-                    if cfg.photos_only && r.media == Media::Video {
-                        *summary.filtered.entry("video".into()).or_default() += 1;
-                        continue;
-                    }
-                    let label = match classes {
-                        None => None,
-                        Some(_) => {
-                            match class_key(&r, cfg.classes.field).and_then(|k| index.get(k)) {
-                                Some(&l) => Some(l),
-                                None if cfg.classes.drop_unlisted => {
-                                    *summary
-                                        .filtered
-                                        .entry("unlisted-class".into())
-                                        .or_default() += 1;
-                                    continue;
-                                }
-                                None => None,
-                            }
-                        }
-                    };
-                    if let (Some(bal), Some(l)) = (&cfg.balance, label) {
-                        let key = &classes.unwrap_or(&[])[l as usize];
-                        let t = thresholds.get(key.as_str()).copied().unwrap_or(u64::MAX);
-                        if balance_hash(&r.id, bal.seed) > t {
-                            *summary.filtered.entry("balanced-out".into()).or_default() += 1;
-                            continue;
-                        }
-                    }
-                    *summary.splits.entry(r.split.as_str().into()).or_default() += 1;
-                    if let Some(l) = label {
-                        *summary
-                            .class_counts
-                            .entry(classes.unwrap_or(&[])[l as usize].clone())
-                            .or_default() += 1;
-                    }
-                    b.push(&r, label);
-                    summary.rows_written += 1;
-                    if b.len() >= BATCH_ROWS {
-                        writer.write(&b.finish()?)?;
-                    }
-                }
+    sources.for_each_post(&mut truth_rejects, &post, |out| {
+        let mut out = out?;
+        summary.rows_read += out.rows_read;
+        let mut mask: Option<Vec<bool>> = None;
+        for (i, key) in out.keys.iter().enumerate() {
+            if seen.insert(*key) {
+                continue;
             }
+            // A duplicate id: rejected, whatever the filters decided for it.
+            match out.fates[i] {
+                Fate::Kept(j) => {
+                    let batch = out.batch.as_ref().expect("a kept row has a batch");
+                    mask.get_or_insert_with(|| vec![true; batch.num_rows()])[j as usize] = false;
+                    let split = batch.column(8).as_string::<i32>().value(j as usize);
+                    if let Some(n) = out
+                        .splits
+                        .iter_mut()
+                        .find(|(k, _)| **k == split)
+                        .map(|(_, v)| v)
+                    {
+                        *n -= 1;
+                    }
+                    let labels = batch.column(9).as_primitive::<Int32Type>();
+                    if labels.is_valid(j as usize) {
+                        out.classes[labels.value(j as usize) as usize] -= 1;
+                    }
+                }
+                Fate::Filtered(why) => *out.filtered.entry(why).or_default() -= 1,
+            }
+            out.rejects.push(Reject {
+                detail: format!("id {} appeared earlier in the input", out.ids[i]),
+                id: Some(std::mem::take(&mut out.ids[i])),
+                input: out.input.as_deref().unwrap_or_default().to_owned(),
+                line: out.lines[i],
+                reason: "duplicate-id",
+            });
+        }
+        for (k, v) in out.filtered {
+            *summary.filtered.entry(k.to_owned()).or_default() += v;
+        }
+        for (k, v) in out.splits {
+            *summary.splits.entry(k.to_owned()).or_default() += v;
+        }
+        for (c, v) in class_counts.iter_mut().zip(&out.classes) {
+            *c += v;
+        }
+        // Rejects in input order.
+        out.rejects.sort_by_key(|r| r.line);
+        for r in out.rejects {
+            *summary.rejects.entry(r.reason.to_string()).or_default() += 1;
+            writer.reject(r)?;
+        }
+        if let Some(batch) = out.batch {
+            let batch = match mask {
+                Some(m) => filter_record_batch(&batch, &BooleanArray::from(m))
+                    .map_err(geoloc_core::Error::from)?,
+                None => batch,
+            };
+            summary.rows_written += batch.num_rows() as u64;
+            writer.write(&batch)?;
         }
         Ok(())
     })?;
-    if b.len() > 0 {
-        writer.write(&b.finish()?)?;
+    for (c, n) in class_list.iter().zip(class_counts) {
+        if n > 0 {
+            summary.class_counts.insert(c.clone(), n);
+        }
     }
     for r in truth_rejects {
         if mine_reject(&r) {

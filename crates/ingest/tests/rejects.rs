@@ -22,7 +22,8 @@ fn bad_rows_go_to_rejects_with_line_and_reason() {
          fff666\t0\t2010\t1\tNowhere\t0\t0\n\
          aaa111\t0\t2011\t1\tFrance@Paris\t2.36\t48.86\n\
          ggg777\t1\t2010\t1\tFrance@Paris\t2.35\t48.85\n\
-         hhh888\t0\t2010\t1\tFrance@Paris\t\t\n",
+         hhh888\t0\t2010\t1\tFrance@Paris\t\t\n\
+         ggg777\t0\t2010\t1\tFrance@Paris\t2.35\t48.85\n",
     );
     write(
         t.path(),
@@ -60,12 +61,14 @@ fn bad_rows_go_to_rejects_with_line_and_reason() {
         ("locale.tsv".into(), Some(6), "null-island"),
         ("locale.tsv".into(), Some(7), "duplicate-id"),
         ("locale.tsv".into(), Some(9), "no-coordinates"),
+        // The id of a filtered video is taken all the same.
+        ("locale.tsv".into(), Some(10), "duplicate-id"),
         ("photos.csv".into(), Some(2), "path-escapes-root"),
         ("photos.csv".into(), Some(3), "path-escapes-root"),
         ("photos.csv".into(), Some(5), "wrong-column-count"),
     ];
     assert_eq!(got, want);
-    assert_eq!(m.rejects, 10);
+    assert_eq!(m.rejects, 11);
     assert_eq!(rejects[1].id.as_deref(), Some("ccc333"));
     assert!(
         rejects[1].detail.contains("\"east\""),
