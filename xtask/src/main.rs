@@ -146,9 +146,10 @@ fn bench_ingest(args: &[String]) -> Result<()> {
     let py = venv.join("bin/python");
     if !py.exists() {
         sh(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
-        sh(Command::new(venv.join("bin/pip"))
-            .args(["install", "-q", "numpy", "polars", "duckdb", "pyarrow"]))?;
     }
+    sh(Command::new(venv.join("bin/pip")).args([
+        "install", "-q", "numpy", "polars", "duckdb", "pyarrow", "pandas",
+    ]))?;
     let tsv = work.join(format!("mediaeval_n{rows}_s7.tsv"));
     if !tsv.exists() {
         sh(Command::new(&py)
@@ -174,25 +175,10 @@ fn bench_ingest(args: &[String]) -> Result<()> {
         ),
     )?;
     println!("# ingest benchmark: {rows} MediaEval rows, {mb:.1} MB; median of {reps} runs after one warm-up");
-    println!("# geoloc: whole process wall time; peers: their harness's in-process time (interpreter start excluded)");
+    println!("# rounds of every engine in turn; geoloc: whole process wall time; peers: their harness's in-process time (interpreter start excluded)");
     println!("| threads | engine | seconds | speed-up (peer / geoloc raw) | peak RSS MB |");
     println!("|---|---|---|---|---|");
     for t in threads_list.split_whitespace() {
-        let mut results: Vec<(String, f64, Option<u64>)> = Vec::new();
-        let mut measure = |name: &str, mk: &dyn Fn() -> Command| -> Result<()> {
-            let mut times = Vec::new();
-            let mut rss = None;
-            for rep in 0..=reps {
-                let (s, r) = run_timed(&mut mk())?;
-                if rep > 0 {
-                    times.push(s);
-                    rss = rss.max(r);
-                }
-            }
-            times.sort_by(f64::total_cmp);
-            results.push((name.to_owned(), times[times.len() / 2], rss));
-            Ok(())
-        };
         let with_time = |c: &mut Command| -> Command {
             let mut w = if time.exists() {
                 Command::new(time)
@@ -215,29 +201,23 @@ fn bench_ingest(args: &[String]) -> Result<()> {
                 c.env(v, t);
             }
         };
-        measure("geoloc raw", &|| {
+        let raw_cmd = || {
             let mut c = Command::new(&bin);
             c.arg("ingest-raw")
                 .arg(&tsv)
                 .arg(out_dir.join("mediaeval.rust.parquet"));
             env_t(&mut c);
             with_time(&mut c)
-        })?;
-        measure("geoloc full ingest", &|| {
+        };
+        let full_cmd = || {
             let mut c = Command::new(&bin);
             c.args(["--no-progress", "-q", "run", "--force"]).arg(&pipe);
             env_t(&mut c);
             with_time(&mut c)
-        })?;
-        // The peers time themselves in-process (median of reps after a warm-up, the
-        // harness's own PEER lines); the RSS is the whole script's peak.
-        for (script, names) in [
-            (
-                "ingest_polars.py",
-                &["ingest.polars.eager", "ingest.polars.lazy"][..],
-            ),
-            ("ingest_duckdb.py", &["ingest.duckdb"][..]),
-        ] {
+        };
+        // The peers time themselves in-process (one warm-up, then one timed repetition per
+        // round: the harness's own PEER lines); the RSS is the whole script's peak.
+        let peer = |script: &str, names: &[&str]| -> Result<Vec<(String, f64, Option<u64>)>> {
             let mut c = if time.exists() {
                 Command::new(time)
             } else {
@@ -249,7 +229,7 @@ fn bench_ingest(args: &[String]) -> Result<()> {
             c.arg(peers.join("peers").join(script))
                 .arg(&tsv)
                 .arg(t)
-                .args(["--reps", &reps.to_string(), "--out"])
+                .args(["--reps", "1", "--out"])
                 .arg(&out_dir);
             env_t(&mut c);
             let out = c.output()?;
@@ -265,19 +245,57 @@ fn bench_ingest(args: &[String]) -> Result<()> {
                         .map(str::to_owned)
                 })
                 .and_then(|v| v.trim().parse::<u64>().ok());
-            for name in names {
-                let line = text
-                    .lines()
-                    .find(|l| l.starts_with(&format!("PEER {name}.")))
-                    .with_context(|| format!("no PEER line for {name} in {text}"))?;
-                let secs: f64 = line
-                    .split_whitespace()
-                    .find_map(|kv| kv.strip_prefix("seconds="))
-                    .and_then(|v| v.parse().ok())
-                    .with_context(|| format!("no seconds= in {line}"))?;
-                results.push((name.trim_start_matches("ingest.").to_owned(), secs, rss));
+            names
+                .iter()
+                .map(|name| {
+                    let line = text
+                        .lines()
+                        .find(|l| l.starts_with(&format!("PEER {name}.")))
+                        .with_context(|| format!("no PEER line for {name} in {text}"))?;
+                    let secs: f64 = line
+                        .split_whitespace()
+                        .find_map(|kv| kv.strip_prefix("seconds="))
+                        .and_then(|v| v.parse().ok())
+                        .with_context(|| format!("no seconds= in {line}"))?;
+                    Ok((name.trim_start_matches("ingest.").to_owned(), secs, rss))
+                })
+                .collect()
+        };
+        // Rounds of every engine in turn (geoloc, polars, DuckDB, ...), so that the machine's
+        // drift over time hits them alike; one warm-up round first.
+        let mut samples: Vec<(String, Vec<f64>, Option<u64>)> = Vec::new();
+        let mut record =
+            |name: &str, s: f64, rss: Option<u64>| match samples.iter_mut().find(|x| x.0 == name) {
+                Some(x) => {
+                    x.1.push(s);
+                    x.2 = x.2.max(rss);
+                }
+                None => samples.push((name.to_owned(), vec![s], rss)),
+            };
+        for round in 0..=reps {
+            let mut got = vec![];
+            let (s, r) = run_timed(&mut raw_cmd())?;
+            got.push(("geoloc raw".to_string(), s, r));
+            let (s, r) = run_timed(&mut full_cmd())?;
+            got.push(("geoloc full ingest".to_string(), s, r));
+            got.extend(peer(
+                "ingest_polars.py",
+                &["ingest.polars.eager", "ingest.polars.lazy"],
+            )?);
+            got.extend(peer("ingest_duckdb.py", &["ingest.duckdb"])?);
+            if round > 0 {
+                for (n, s, r) in got {
+                    record(&n, s, r);
+                }
             }
         }
+        let results: Vec<(String, f64, Option<u64>)> = samples
+            .into_iter()
+            .map(|(n, mut v, r)| {
+                v.sort_by(f64::total_cmp);
+                (n, v[v.len() / 2], r)
+            })
+            .collect();
         let raw = results[0].1;
         for (name, s, rss) in &results {
             let ratio = if name.starts_with("geoloc") {
@@ -301,10 +319,12 @@ fn bench_ingest(args: &[String]) -> Result<()> {
         "import glob, duckdb, polars as pl, pyarrow.parquet as pq\n\
          files = sorted(glob.glob('{p}'))\n\
          n_pl = pl.read_parquet(files).height\n\
-         n_db = duckdb.sql(\"select count(*) from read_parquet('{p}')\").fetchone()[0]\n\
+         n_db = duckdb.sql(\"select count(*) from read_parquet('{p}')\").fetchall()[0][0]\n\
          n_pa = sum(pq.read_table(f).num_rows for f in files)\n\
-         assert n_pl == n_db == n_pa, (n_pl, n_db, n_pa)\n\
-         print(f'samples dataset: {{n_pl}} rows read alike by polars, DuckDB and pyarrow')\n",
+         import pandas as pd\n\
+         n_pd = sum(len(pd.read_parquet(f)) for f in files)\n\
+         assert n_pl == n_db == n_pa == n_pd, (n_pl, n_db, n_pa, n_pd)\n\
+         print(f'samples dataset: {{n_pl}} rows read alike by polars, DuckDB, pyarrow and pandas')\n",
         p = parts.display()
     );
     sh(Command::new(&py).arg("-c").arg(check))?;
