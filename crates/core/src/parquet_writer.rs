@@ -39,7 +39,7 @@ pub struct ParallelWriter<W: Write + Send> {
 }
 
 /// Row groups encoded concurrently while the caller produces the next ones.
-const MAX_IN_FLIGHT: usize = 4;
+const MAX_IN_FLIGHT: usize = 2;
 
 impl<W: Write + Send> ParallelWriter<W> {
     /// A writer over `sink`. A row group is encoded once it holds `row_group_rows` rows or

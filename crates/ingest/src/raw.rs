@@ -186,69 +186,43 @@ pub fn mediaeval_to_parquet(input: &Path, output: &Path) -> Result<u64, Error> {
         std::io::BufWriter::with_capacity(4 << 20, out),
         schema.clone(),
         props.build(),
-        128 * 1024,
-        16 << 20,
+        256 * 1024,
+        32 << 20,
     )
     .map_err(pq)?;
-    // A reader thread fills reused buffers of about 4 MB with whole lines (a line that does
-    // not end in a buffer moves to the next one) while the pool parses and encodes; buffers
-    // go back to it once parsed.
+    // Reused buffers of about 4 MB, filled with whole lines (a line that does not end in a
+    // buffer moves to the next one), parsed in parallel.
     let in_flight = 2 * rayon::current_num_threads().max(1);
-    let (full_tx, full_rx) =
-        std::sync::mpsc::sync_channel::<std::io::Result<(Vec<u8>, usize)>>(in_flight);
-    let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<u8>>();
-    for _ in 0..2 * in_flight {
-        let _ = empty_tx.send(vec![0u8; PIECE]);
-    }
-    std::thread::scope(|scope| -> Result<u64, Error> {
-        // Owned by this closure, so an early error return drops them and the reader stops.
-        let (full_rx, empty_tx) = (full_rx, empty_tx);
-        scope.spawn(move || {
-            let (mut carry, mut eof) = (Vec::new(), false);
-            while !eof || !carry.is_empty() {
-                let Ok(mut buf) = empty_rx.recv() else { return };
-                let r = fill(&mut file, &mut buf, &mut carry, &mut eof).map(|n| (buf, n));
-                let failed = r.is_err();
-                if full_tx.send(r).is_err() || failed {
-                    return;
-                }
+    let mut bufs: Vec<Vec<u8>> = (0..in_flight).map(|_| vec![0u8; PIECE]).collect();
+    let mut lens = vec![0usize; in_flight];
+    let mut carry: Vec<u8> = Vec::new();
+    let (mut rows, mut lines_before, mut eof) = (0u64, 0u64, false);
+    while !eof || !carry.is_empty() {
+        let mut used = 0;
+        for (buf, len) in bufs.iter_mut().zip(lens.iter_mut()) {
+            if eof && carry.is_empty() {
+                break;
             }
-        });
-        let (mut rows, mut lines_before) = (0u64, 0u64);
-        let mut group = Vec::with_capacity(in_flight);
-        let mut done = false;
-        while !done {
-            group.clear();
-            while group.len() < in_flight {
-                match full_rx.recv() {
-                    Ok(r) => group.push(r.map_err(io(input))?),
-                    Err(_) => {
-                        done = true;
-                        break;
-                    }
-                }
-            }
-            let parsed: Vec<_> = group
-                .par_iter()
-                .map(|(b, n)| parse_chunk(&b[..*n], &schema))
-                .collect();
-            for p in parsed {
-                let (b, lines) = p.map_err(|(line, msg)| Error::Input {
-                    path: input.to_owned(),
-                    msg: format!("line {}: {msg}", lines_before + line + 1),
-                })?;
-                lines_before += lines;
-                rows += b.num_rows() as u64;
-                w.write(&b).map_err(pq)?;
-            }
-            for (buf, _) in group.drain(..) {
-                let _ = empty_tx.send(buf);
-            }
+            *len = fill(&mut file, buf, &mut carry, &mut eof).map_err(io(input))?;
+            used += 1;
         }
-        drop(empty_tx);
-        w.into_inner().map_err(pq)?;
-        Ok(rows)
-    })
+        let parsed: Vec<_> = bufs[..used]
+            .par_iter()
+            .zip(&lens[..used])
+            .map(|(b, &n)| parse_chunk(&b[..n], &schema))
+            .collect();
+        for p in parsed {
+            let (b, lines) = p.map_err(|(line, msg)| Error::Input {
+                path: input.to_owned(),
+                msg: format!("line {}: {msg}", lines_before + line + 1),
+            })?;
+            lines_before += lines;
+            rows += b.num_rows() as u64;
+            w.write(&b).map_err(pq)?;
+        }
+    }
+    w.into_inner().map_err(pq)?;
+    Ok(rows)
 }
 
 #[cfg(test)]
