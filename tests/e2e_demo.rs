@@ -75,40 +75,12 @@ fn tiny_demo_runs_and_the_runner_tracks_staleness() {
     assert!(stdout(&geoloc(&["run", pipe], root, &[], true)).contains("ingest: ran"));
 
     // A changed source file (here: regenerated with more rows) makes it stale.
-    geoloc(
-        &[
-            "synth",
-            "mediaeval",
-            "--out",
-            "data/demo",
-            "--rows",
-            "1600",
-            "--seed",
-            "7",
-        ],
-        root,
-        &[],
-        true,
-    );
+    support::synth(root, 1600);
     let out = stdout(&geoloc(&["status", pipe], root, &[], true));
     assert!(out.contains("stale: its inputs changed"), "{out}");
     // Regenerating identical data leaves the files alone: fresh again after one run.
     geoloc(&["run", pipe], root, &[], true);
-    geoloc(
-        &[
-            "synth",
-            "mediaeval",
-            "--out",
-            "data/demo",
-            "--rows",
-            "1600",
-            "--seed",
-            "7",
-        ],
-        root,
-        &[],
-        true,
-    );
+    support::synth(root, 1600);
     let out = stdout(&geoloc(&["status", pipe], root, &[], true));
     assert!(out.contains("1 of 1 instances fresh"), "{out}");
 

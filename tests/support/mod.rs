@@ -57,6 +57,13 @@ pub fn demo_project(rows: usize) -> tempfile::TempDir {
         t.path().join("pipelines/demo.toml"),
     )
     .unwrap();
+    synth(t.path(), rows);
+    t
+}
+
+/// `geoloc synth mediaeval` into `root/data/demo` (seed 7).
+pub fn synth(root: &Path, rows: usize) {
+    let rows = rows.to_string();
     geoloc(
         &[
             "synth",
@@ -64,13 +71,12 @@ pub fn demo_project(rows: usize) -> tempfile::TempDir {
             "--out",
             "data/demo",
             "--rows",
-            &rows.to_string(),
+            &rows,
             "--seed",
             "7",
         ],
-        t.path(),
+        root,
         &[],
         true,
     );
-    t
 }
