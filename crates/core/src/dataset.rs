@@ -90,8 +90,8 @@ impl Default for WriterOptions {
         WriterOptions {
             format: PartFormat::Parquet,
             part_cap_bytes: 1 << 30,
-            row_group_rows: 512 * 1024,
-            row_group_bytes: 32 << 20,
+            row_group_rows: 256 * 1024,
+            row_group_bytes: 16 << 20,
             zstd_level: 3,
         }
     }

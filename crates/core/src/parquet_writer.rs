@@ -5,7 +5,7 @@
 //! writer buffers batches up to a row-group size, then encodes the row group on rayon's pool,
 //! each column in its own task (`ArrowColumnWriter`, the parquet crate's own API for this),
 //! while the caller goes on producing the next batches; finished row groups are appended in
-//! order, at most two under way at once. The file is the same as `ArrowWriter`'s (the Arrow schema is embedded, so
+//! order, at most four under way at once. The file is the same as `ArrowWriter`'s (the Arrow schema is embedded, so
 //! readers get the same types back). Columns must have one Parquet leaf each (flat columns
 //! and lists of primitives); nested structs are refused.
 
@@ -39,7 +39,7 @@ pub struct ParallelWriter<W: Write + Send> {
 }
 
 /// Row groups encoded concurrently while the caller produces the next ones.
-const MAX_IN_FLIGHT: usize = 2;
+const MAX_IN_FLIGHT: usize = 4;
 
 impl<W: Write + Send> ParallelWriter<W> {
     /// A writer over `sink`. A row group is encoded once it holds `row_group_rows` rows or

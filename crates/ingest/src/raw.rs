@@ -186,8 +186,8 @@ pub fn mediaeval_to_parquet(input: &Path, output: &Path) -> Result<u64, Error> {
         std::io::BufWriter::with_capacity(4 << 20, out),
         schema.clone(),
         props.build(),
-        256 * 1024,
-        32 << 20,
+        128 * 1024,
+        16 << 20,
     )
     .map_err(pq)?;
     // Reused buffers of about 4 MB, filled with whole lines (a line that does not end in a
