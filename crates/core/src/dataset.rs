@@ -323,6 +323,8 @@ impl DatasetWriter {
     ) -> Result<Self> {
         fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         remove_if_exists(&dir.join(MANIFEST))?;
+        remove_if_exists(&tmp_path(dir, MANIFEST))?;
+
         for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
             let entry = entry.map_err(|e| Error::io(dir, e))?;
             let name = entry.file_name();
