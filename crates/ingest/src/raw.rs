@@ -14,7 +14,6 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
 use rayon::prelude::*;
-use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -121,45 +120,6 @@ fn parse_chunk(text: &[u8], schema: &SchemaRef) -> Result<(RecordBatch, u64), (u
 
 const PIECE: usize = 4 << 20;
 
-/// Fills `buf` with `carry` and then the stream's bytes up to the last whole line; leaves the
-/// rest in `carry`. Returns the length of the whole lines (everything at the end of input).
-fn fill(
-    r: &mut impl Read,
-    buf: &mut Vec<u8>,
-    carry: &mut Vec<u8>,
-    eof: &mut bool,
-) -> std::io::Result<usize> {
-    if buf.len() < carry.len() * 2 {
-        buf.resize(carry.len() * 2, 0);
-    }
-    buf[..carry.len()].copy_from_slice(carry);
-    let mut filled = carry.len();
-    carry.clear();
-    loop {
-        while !*eof && filled < buf.len() {
-            let n = r.read(&mut buf[filled..])?;
-            if n == 0 {
-                *eof = true;
-            }
-            filled += n;
-        }
-        if *eof {
-            return Ok(filled);
-        }
-        match memchr::memrchr(b'\n', &buf[..filled]) {
-            Some(i) => {
-                carry.extend_from_slice(&buf[i + 1..filled]);
-                return Ok(i + 1);
-            }
-            // One line longer than the buffer: grow it.
-            None => {
-                let n = buf.len() * 2;
-                buf.resize(n, 0);
-            }
-        }
-    }
-}
-
 /// Converts `input` to `output` (Parquet, zstd 3); returns the row count. The input is read
 /// into reused line-aligned buffers; parsing and column encoding run on rayon's pool
 /// (`RAYON_NUM_THREADS`). Columns of mostly unique values (`hash`, coordinates) are
@@ -170,7 +130,14 @@ pub fn mediaeval_to_parquet(input: &Path, output: &Path) -> Result<u64, Error> {
         move |e| Error::Io { path: p, source: e }
     };
     let schema = mediaeval_schema();
-    let mut file = std::fs::File::open(input).map_err(io(input))?;
+    let file = std::fs::File::open(input).map_err(io(input))?;
+    // SAFETY: a read-only private map of a file this process does not write; a concurrent
+    // writer to the input could change the bytes we read (as with read()), which at worst
+    // makes a line unparsable. Slices into the map do not outlive the parsing of their piece.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io(input))?;
+    #[cfg(unix)]
+    let _ = map.advise(memmap2::Advice::Sequential);
+    let data: &[u8] = &map;
     let out = std::fs::File::create(output).map_err(io(output))?;
     let mut props = WriterProperties::builder().set_compression(Compression::ZSTD(
         ZstdLevel::try_new(3).expect("3 is a valid zstd level"),
@@ -182,34 +149,27 @@ pub fn mediaeval_to_parquet(input: &Path, output: &Path) -> Result<u64, Error> {
         path: output.to_owned(),
         msg: e.to_string(),
     };
-    let mut w = ParallelWriter::try_new(
-        std::io::BufWriter::with_capacity(4 << 20, out),
-        schema.clone(),
-        props.build(),
-        128 * 1024,
-        16 << 20,
-    )
-    .map_err(pq)?;
-    // Reused buffers of about 4 MB, filled with whole lines (a line that does not end in a
-    // buffer moves to the next one), parsed in parallel.
-    let in_flight = 2 * rayon::current_num_threads().max(1);
-    let mut bufs: Vec<Vec<u8>> = (0..in_flight).map(|_| vec![0u8; PIECE]).collect();
-    let mut lens = vec![0usize; in_flight];
-    let mut carry: Vec<u8> = Vec::new();
-    let (mut rows, mut lines_before, mut eof) = (0u64, 0u64, false);
-    while !eof || !carry.is_empty() {
-        let mut used = 0;
-        for (buf, len) in bufs.iter_mut().zip(lens.iter_mut()) {
-            if eof && carry.is_empty() {
-                break;
-            }
-            *len = fill(&mut file, buf, &mut carry, &mut eof).map_err(io(input))?;
-            used += 1;
+    let mut w = ParallelWriter::try_new(out, schema.clone(), props.build(), 128 * 1024, 16 << 20)
+        .map_err(pq)?;
+    // Line-aligned pieces of about 4 MB, parsed in parallel in groups; once a group is parsed
+    // its pages are dropped from this process (MADV_DONTNEED), so the resident set stays at
+    // a few groups rather than the whole file.
+    let mut pieces: Vec<(usize, usize)> = Vec::new();
+    let mut start = 0usize;
+    while start < data.len() {
+        let mut end = (start + PIECE).min(data.len());
+        if end < data.len() {
+            end = memchr::memchr(b'\n', &data[end..]).map_or(data.len(), |i| end + i + 1);
         }
-        let parsed: Vec<_> = bufs[..used]
+        pieces.push((start, end));
+        start = end;
+    }
+    let in_flight = 2 * rayon::current_num_threads().max(1);
+    let (mut rows, mut lines_before, mut released) = (0u64, 0u64, 0usize);
+    for group in pieces.chunks(in_flight) {
+        let parsed: Vec<_> = group
             .par_iter()
-            .zip(&lens[..used])
-            .map(|(b, &n)| parse_chunk(&b[..n], &schema))
+            .map(|&(a, b)| parse_chunk(&data[a..b], &schema))
             .collect();
         for p in parsed {
             let (b, lines) = p.map_err(|(line, msg)| Error::Input {
@@ -219,6 +179,22 @@ pub fn mediaeval_to_parquet(input: &Path, output: &Path) -> Result<u64, Error> {
             lines_before += lines;
             rows += b.num_rows() as u64;
             w.write(&b).map_err(pq)?;
+        }
+        #[cfg(unix)]
+        {
+            let upto = group.last().map_or(0, |g| g.1) / 4096 * 4096;
+            if upto > released {
+                // SAFETY: nothing borrows these pages any more (the batches own their data);
+                // on a private read-only file map DONTNEED only drops them from this process.
+                let _ = unsafe {
+                    map.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        released,
+                        upto - released,
+                    )
+                };
+                released = upto;
+            }
         }
     }
     w.into_inner().map_err(pq)?;
