@@ -120,9 +120,9 @@ fn parse_chunk(text: &[u8], schema: &SchemaRef) -> Result<(RecordBatch, u64), (u
 
 const PIECE: usize = 4 << 20;
 
-/// Converts `input` to `output` (Parquet, zstd 3); returns the row count. The input is read
-/// into reused line-aligned buffers; parsing and column encoding run on rayon's pool
-/// (`RAYON_NUM_THREADS`). Columns of mostly unique values (`hash`, coordinates) are
+/// Converts `input` to `output` (Parquet, zstd 3); returns the row count. The input is
+/// memory-mapped and cut into line-aligned pieces (pages are released once parsed); parsing
+/// and column encoding run on rayon's pool (`RAYON_NUM_THREADS`). Columns of mostly unique values (`hash`, coordinates) are
 /// written without dictionary encoding, as polars and DuckDB decide for them too.
 pub fn mediaeval_to_parquet(input: &Path, output: &Path) -> Result<u64, Error> {
     let io = |p: &Path| {
