@@ -272,17 +272,25 @@ fn bench_ingest(args: &[String]) -> Result<()> {
                 }
                 None => samples.push((name.to_owned(), vec![s], rss)),
             };
+        // Each engine starts with the previous one's output flushed to disk, so none pays for
+        // another's page-cache writeback.
+        let settle = || Command::new("sync").status().map(|_| ());
         for round in 0..=reps {
             let mut got = vec![];
+            settle()?;
             let (s, r) = run_timed(&mut raw_cmd())?;
             got.push(("geoloc raw".to_string(), s, r));
+            settle()?;
             let (s, r) = run_timed(&mut full_cmd())?;
             got.push(("geoloc full ingest".to_string(), s, r));
+            settle()?;
             got.extend(peer(
                 "ingest_polars.py",
                 &["ingest.polars.eager", "ingest.polars.lazy"],
             )?);
+            settle()?;
             got.extend(peer("ingest_duckdb.py", &["ingest.duckdb"])?);
+
             if round > 0 {
                 for (n, s, r) in got {
                     record(&n, s, r);
