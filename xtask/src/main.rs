@@ -108,6 +108,11 @@ fn demo(args: &[String]) -> Result<()> {
 /// Peak resident set (VmHWM) of a finished child, read through `/usr/bin/time -v` when
 /// available, else from getrusage of children.
 fn run_timed(cmd: &mut Command) -> Result<(f64, Option<u64>)> {
+    run_timed_output(cmd).map(|(s, r, _)| (s, r))
+}
+
+/// Like [`run_timed`], also returning the command's stdout.
+fn run_timed_output(cmd: &mut Command) -> Result<(f64, Option<u64>, String)> {
     let t0 = Instant::now();
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     let secs = t0.elapsed().as_secs_f64();
@@ -122,7 +127,7 @@ fn run_timed(cmd: &mut Command) -> Result<(f64, Option<u64>)> {
                 .strip_prefix("Maximum resident set size (kbytes): ")
         })
         .and_then(|v| v.trim().parse::<u64>().ok());
-    Ok((secs, rss))
+    Ok((secs, rss, String::from_utf8_lossy(&out.stdout).into_owned()))
 }
 
 fn bench_ingest(args: &[String]) -> Result<()> {
@@ -175,7 +180,7 @@ fn bench_ingest(args: &[String]) -> Result<()> {
         ),
     )?;
     println!("# ingest benchmark: {rows} MediaEval rows, {mb:.1} MB; median of {reps} runs after one warm-up");
-    println!("# rounds of every engine in turn; geoloc: whole process wall time; peers: their harness's in-process time (interpreter start excluded)");
+    println!("# rounds of every engine in turn; geoloc raw and the peers: in-process, one warm-up then one timed run; geoloc full ingest: whole process wall time");
     println!("| threads | engine | seconds | speed-up (peer / geoloc raw) | peak RSS MB |");
     println!("|---|---|---|---|---|");
     for t in threads_list.split_whitespace() {
@@ -201,9 +206,10 @@ fn bench_ingest(args: &[String]) -> Result<()> {
                 c.env(v, t);
             }
         };
+        // Raw mode timed like the peers: in-process, one warm-up, one timed repetition.
         let raw_cmd = || {
             let mut c = Command::new(&bin);
-            c.arg("ingest-raw")
+            c.args(["ingest-raw", "--reps", "1"])
                 .arg(&tsv)
                 .arg(out_dir.join("mediaeval.rust.parquet"));
             env_t(&mut c);
@@ -278,7 +284,12 @@ fn bench_ingest(args: &[String]) -> Result<()> {
         for round in 0..=reps {
             let mut got = vec![];
             settle()?;
-            let (s, r) = run_timed(&mut raw_cmd())?;
+            let (wall, r, printed) = run_timed_output(&mut raw_cmd())?;
+            let s = printed
+                .split_whitespace()
+                .find_map(|kv| kv.strip_prefix("seconds="))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(wall);
             got.push(("geoloc raw".to_string(), s, r));
             settle()?;
             let (s, r) = run_timed(&mut full_cmd())?;
