@@ -55,18 +55,12 @@ pub fn parse_config<T: serde::de::DeserializeOwned>(decl: &StageDecl) -> Result<
 
 struct Ingest;
 
-impl Ingest {
-    fn config(decl: &StageDecl) -> Result<geoloc_ingest::Config> {
-        parse_config(decl)
-    }
-}
-
 impl Stage for Ingest {
     fn format_version(&self) -> u32 {
         geoloc_ingest::FORMAT_VERSION
     }
     fn config_json(&self, decl: &StageDecl, _ctx: &Context) -> Result<serde_json::Value> {
-        let cfg = Ingest::config(decl)?;
+        let cfg: geoloc_ingest::Config = parse_config(decl)?;
         Ok(serde_json::to_value(cfg)?)
     }
     fn fingerprint(
@@ -75,7 +69,7 @@ impl Stage for Ingest {
         ctx: &Context,
         _inputs: &[(String, Manifest)],
     ) -> Result<String> {
-        let cfg = Ingest::config(decl)?;
+        let cfg: geoloc_ingest::Config = parse_config(decl)?;
         Ok(geoloc_ingest::fingerprint(&cfg, ctx)?)
     }
     fn run(
@@ -84,7 +78,7 @@ impl Stage for Ingest {
         ctx: &Context,
         _inputs: &[(String, Manifest)],
     ) -> Result<String> {
-        let cfg = Ingest::config(decl)?;
+        let cfg: geoloc_ingest::Config = parse_config(decl)?;
         let s = geoloc_ingest::run(&cfg, ctx)?;
         Ok(format_ingest_summary(&s))
     }
@@ -95,7 +89,7 @@ impl Stage for Ingest {
         _inputs: &[(String, Manifest)],
         shards: u32,
     ) -> Result<Manifest> {
-        let cfg = Ingest::config(decl)?;
+        let cfg: geoloc_ingest::Config = parse_config(decl)?;
         Ok(geoloc_ingest::finalize(&cfg, ctx, shards)?)
     }
     fn check_output(&self, dir: &Path) -> Result<()> {

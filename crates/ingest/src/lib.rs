@@ -174,15 +174,14 @@ pub fn run(cfg: &Config, ctx: &Context) -> Result<Summary, Error> {
                 .unwrap_or(0) as usize;
             let quota = b.per_class.unwrap_or(smallest);
             for c in &list {
-                let h = hashes.remove(c).unwrap_or_default();
-                let t = if h.len() <= quota || quota == 0 && h.is_empty() {
-                    u64::MAX
+                // The largest balancing hash kept; None keeps no row (a quota of 0).
+                let mut h = hashes.remove(c).unwrap_or_default();
+                let t = if h.len() <= quota {
+                    Some(u64::MAX)
                 } else if quota == 0 {
-                    0
+                    None
                 } else {
-                    let mut h = h;
-                    let (_, nth, _) = h.select_nth_unstable(quota - 1);
-                    *nth
+                    Some(*h.select_nth_unstable(quota - 1).1)
                 };
                 thresholds.insert(c.clone(), t);
             }

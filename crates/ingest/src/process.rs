@@ -705,7 +705,7 @@ pub(crate) fn write(
     ctx: &Context,
     sources: &Sources,
     classes: Option<&[String]>,
-    thresholds: &HashMap<String, u64>,
+    thresholds: &HashMap<String, Option<u64>>,
     writer: &mut DatasetWriter,
     summary: &mut Summary,
 ) -> Result<(), Error> {
@@ -770,11 +770,11 @@ pub(crate) fn write(
                     },
                 };
                 if let (Some(bal), Some(l)) = (&cfg.balance, label) {
-                    let t = thresholds
+                    let keep_upto = thresholds
                         .get(class_list[l as usize].as_str())
                         .copied()
-                        .unwrap_or(u64::MAX);
-                    if balance_hash(&r.id, bal.seed) > t {
+                        .unwrap_or(Some(u64::MAX));
+                    if keep_upto.is_none_or(|t| balance_hash(&r.id, bal.seed) > t) {
                         break 'fate Fate::Filtered("balanced-out");
                     }
                 }

@@ -144,6 +144,13 @@ fn paper_classes_balance_and_top_k() {
     ));
     let (_, bal3, _) = common::ingest(&cfg_c, t.path(), &t.path().join("bal3"), 1);
     assert_ne!(bal, bal3, "another seed picks other rows");
+    // A quota of 0 keeps no row at all (not the rows whose hash happens to be 0).
+    let cfg_0 = common::config(&format!(
+        "classes = {{ list = ['DE', 'CA', 'IT', 'ES', 'FR'] }}\nbalance = {{ seed = 3, per_class = 0 }}\n{base}"
+    ));
+    let (_, none, _) = common::ingest(&cfg_0, t.path(), &t.path().join("zero"), 1);
+    assert!(none.is_empty(), "{} rows kept", none.len());
+
     // Top-3 by the source's country name.
     let cfg_k = common::config(&format!(
         "classes = {{ top_k = 3, field = 'country' }}\n{base}"
