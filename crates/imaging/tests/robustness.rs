@@ -1,0 +1,172 @@
+//! The imaging chain on real odd and broken files (`../shared/data/robustness/`, 360 files
+//! with Pillow's verdict) and real photos (`../shared/data/photos/`).
+//!
+//! The expected outcome of every file is in `tests/robustness/expected.tsv`, derived from
+//! Pillow's verdict by `tests/robustness/make_table.py`, which justifies every difference.
+
+use geoloc_core::fixtures::shared_dir;
+use geoloc_imaging::{
+    decode, prepare, DecodeOptions, Geometry, Greyscale, Limits, PrepareOptions, Views,
+};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+fn shared() -> Option<PathBuf> {
+    shared_dir(env!("CARGO_MANIFEST_DIR")).map(|s| s.join("data"))
+}
+
+fn opts(greyscale: Greyscale) -> PrepareOptions {
+    PrepareOptions {
+        decode: DecodeOptions {
+            greyscale,
+            ..Default::default()
+        },
+        geometry: Geometry::ResizeCrop {
+            resize: 224,
+            crop: 224,
+        },
+        views: Views::Centre,
+        dct_scaling: true,
+    }
+}
+
+/// The outcome code of one file: `ok` or the reject reason. A panic is an outcome too.
+fn outcome(bytes: &[u8], o: &PrepareOptions) -> String {
+    match std::panic::catch_unwind(|| prepare(bytes, o, 0)) {
+        Ok(Ok(p)) => {
+            assert_eq!(p.views.len(), 1);
+            assert_eq!(p.views[0].pixels.len(), 224 * 224 * 3);
+            "ok".into()
+        }
+        Ok(Err(e)) => e.reason().into(),
+        Err(_) => "PANIC".into(),
+    }
+}
+
+#[test]
+fn every_robustness_file_gives_its_expected_outcome_in_bounded_time() {
+    let Some(data) = shared() else { return };
+    let table = include_str!("robustness/expected.tsv");
+    let mut wrong = Vec::new();
+    let mut n = 0;
+    for line in table.lines().filter(|l| !l.starts_with('#')).skip(1) {
+        let f: Vec<&str> = line.split('\t').collect();
+        let (file, default, convert) = (f[0], f[1], f[2]);
+        let bytes = std::fs::read(data.join("robustness").join(file)).unwrap();
+        for (policy, want) in [(Greyscale::Reject, default), (Greyscale::Convert, convert)] {
+            let t = Instant::now();
+            let got = outcome(&bytes, &opts(policy));
+            let took = t.elapsed();
+            // Generous for an unoptimised test build on a busy 2-core machine; the slowest
+            // file takes about 60 ms there. A hang or a quadratic path would blow it.
+            if took > Duration::from_secs(5) {
+                wrong.push(format!("{file} ({policy:?}): took {took:?}"));
+            }
+            if got != want {
+                wrong.push(format!("{file} ({policy:?}): expected {want}, got {got}"));
+            }
+        }
+        n += 1;
+    }
+    assert_eq!(n, 360, "the table lists every file of the manifest");
+    assert!(
+        wrong.is_empty(),
+        "{} mismatches:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+}
+
+/// Decodes a file at full size, upright.
+fn upright(path: &std::path::Path) -> image::RgbImage {
+    let bytes = std::fs::read(path).unwrap();
+    decode::decode(&bytes, &DecodeOptions::default(), None)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .image
+}
+
+fn mean_abs_diff(a: &image::RgbImage, b: &image::RgbImage) -> f64 {
+    assert_eq!(a.dimensions(), b.dimensions());
+    let s: u64 = a
+        .as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(x, y)| x.abs_diff(*y) as u64)
+        .sum();
+    s as f64 / a.as_raw().len() as f64
+}
+
+#[test]
+fn exif_orientation_makes_all_eight_files_one_upright_image() {
+    let Some(data) = shared() else { return };
+    let dir = data.join("robustness/ianare-exif-samples");
+    let land = upright(&dir.join("landscape_1.jpg"));
+    let port = upright(&dir.join("portrait_1.jpg"));
+    assert_eq!(land.dimensions(), (600, 450));
+    assert_eq!(port.dimensions(), (450, 600));
+    for i in 2..=8 {
+        for (name, reference) in [("landscape", &land), ("portrait", &port)] {
+            let path = dir.join(format!("{name}_{i}.jpg"));
+            let img = upright(&path);
+            let d = mean_abs_diff(&img, reference);
+            // Each file shows the same picture with its own number painted on, encoded
+            // separately: 13-16 levels from file 1 when upright (Pillow's exif_transpose
+            // gives the same). A wrong rotation or mirror gives 32-70.
+            assert!(d < 20.0, "{name}_{i}: mean difference {d:.2} from {name}_1");
+            // The check can fail: the stored pixels of the files whose shape is unchanged
+            // (mirrors, 180 degrees) are far off.
+            if i <= 4 {
+                let raw = image::load_from_memory(&std::fs::read(&path).unwrap())
+                    .unwrap()
+                    .into_rgb8();
+                let r = mean_abs_diff(&raw, reference);
+                assert!(
+                    r > 30.0,
+                    "{name}_{i}: stored pixels only {r:.2} from {name}_1"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn real_photos_decode_and_heif_is_refused_by_name() {
+    let Some(data) = shared() else { return };
+    let dir = data.join("photos");
+    let mut rdr = csv::Reader::from_path(dir.join("manifest.csv")).unwrap();
+    let (mut ok, mut heif) = (0, 0);
+    for rec in rdr.records() {
+        let rec = rec.unwrap();
+        let (file, format) = (&rec[0], &rec[7]);
+        let bytes = std::fs::read(dir.join(file)).unwrap();
+        match prepare(&bytes, &opts(Greyscale::Reject), 0) {
+            Ok(p) => {
+                assert_ne!(format, "HEIF", "{file}");
+                assert_eq!(p.views[0].pixels.len(), 224 * 224 * 3);
+                ok += 1;
+            }
+            Err(e) => {
+                assert_eq!(format, "HEIF", "{file}: {e}");
+                assert_eq!(e.reason(), "unsupported-format");
+                assert!(e.to_string().contains("heif"), "{e}");
+                heif += 1;
+            }
+        }
+    }
+    assert_eq!((ok, heif), (68, 2));
+}
+
+#[test]
+fn limits_refuse_large_images_on_the_header() {
+    let Some(data) = shared() else { return };
+    let bytes = std::fs::read(data.join("photos/ianare-exif-samples/DSCN0010.jpg")).unwrap();
+    let mut o = opts(Greyscale::Reject);
+    o.decode.limits = Limits {
+        max_pixels: 640 * 480 - 1,
+        ..Default::default()
+    };
+    let e = prepare(&bytes, &o, 0).unwrap_err();
+    assert_eq!(e.reason(), "too-large");
+    o.decode.limits.max_pixels = 640 * 480;
+    assert!(prepare(&bytes, &o, 0).is_ok());
+}
