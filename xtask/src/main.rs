@@ -79,7 +79,7 @@ fn main() -> Result<()> {
 
 fn demo(args: &[String]) -> Result<()> {
     let tiny = args.iter().any(|a| a == "--tiny");
-    let rows = flag(args, "--rows").unwrap_or(if tiny { "1500" } else { "20000" });
+    let rows = flag(args, "--rows").unwrap_or(if tiny { "1500" } else { "5000" });
     let bin = geoloc()?;
     let t0 = Instant::now();
     sh(Command::new(&bin).current_dir(root()).args([

@@ -3,5 +3,6 @@
 //!
 //! Architecture invariant: this is the only crate that depends on stage crates.
 
+pub mod demo;
 pub mod runner;
 pub mod stages;

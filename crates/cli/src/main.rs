@@ -3,9 +3,9 @@
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 use geoloc_cli::runner::{Runner, Selection, State};
-use geoloc_cli::stages::format_ingest_summary;
+use geoloc_core::config::StageDecl;
 use geoloc_core::shard::Shard;
-use geoloc_core::stage::{build_id, Context};
+use geoloc_core::stage::{build_id, Context, Input};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -62,6 +62,8 @@ enum Cmd {
     },
     /// Run the ingest stage: photo metadata to a samples dataset.
     Ingest(StageArgs),
+    /// Run the preprocess stage: the photos of a samples dataset to pixel tensors.
+    Preprocess(StageArgs),
     /// Commit a sharded instance once all its shards have run (writes _manifest.json).
     Finalize {
         pipeline: PathBuf,
@@ -97,7 +99,7 @@ enum SynthCmd {
     Mediaeval {
         #[arg(long)]
         out: PathBuf,
-        #[arg(long, default_value_t = 20_000)]
+        #[arg(long, default_value_t = 5_000)]
         rows: usize,
         #[arg(long, default_value_t = 7)]
         seed: u64,
@@ -119,6 +121,10 @@ struct StageArgs {
     /// With --config: the output dataset directory.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// With --config: an input dataset directory (preprocess reads a samples dataset).
+    /// Repeatable.
+    #[arg(long)]
+    input: Vec<PathBuf>,
     /// With --config: the directory relative paths in the config resolve against
     /// (default: the config file's directory).
     #[arg(long)]
@@ -211,7 +217,8 @@ fn real_main(cli: Cli) -> Result<()> {
             let stale = st.iter().filter(|s| s.state != State::Fresh).count();
             println!("{} of {} instances fresh", st.len() - stale, st.len());
         }
-        Cmd::Ingest(a) => stage_ingest(a, progress)?,
+        Cmd::Ingest(a) => stage_cmd(geoloc_ingest::KIND, a, progress)?,
+        Cmd::Preprocess(a) => stage_cmd(geoloc_preprocess::KIND, a, progress)?,
         Cmd::Finalize {
             pipeline,
             instance,
@@ -239,6 +246,14 @@ fn real_main(cli: Cli) -> Result<()> {
                 f.test.display(),
                 f.test_lines,
                 f.truth.display()
+            );
+            let images = out.join("images");
+            let w = geoloc_cli::demo::write_photos(&images, &f.photos, seed)?;
+            println!(
+                "wrote {} photos under {} ({} unchanged)",
+                w.written,
+                images.display(),
+                w.unchanged
             );
         }
         Cmd::IngestRaw {
@@ -280,19 +295,20 @@ fn rayon_threads() -> usize {
         })
 }
 
-fn stage_ingest(a: StageArgs, progress: bool) -> Result<()> {
+/// `geoloc <kind> ...`: one stage, as an instance of a pipeline or from a config file.
+fn stage_cmd(kind: &str, a: StageArgs, progress: bool) -> Result<()> {
     let shard = Shard::resolve(a.shard)?;
     if let (Some(p), Some(inst)) = (&a.pipeline, &a.instance) {
         let mut r = Runner::load(p, a.runs_dir.clone())?;
         r.progress = progress;
-        let kind = &r
+        let found = &r
             .pipeline
             .stages
             .get(inst)
             .ok_or_else(|| r.pipeline.unknown(inst))?
             .kind;
-        if kind != geoloc_ingest::KIND {
-            bail!("instance `{inst}` is a `{kind}` instance, not ingest");
+        if found != kind {
+            bail!("instance `{inst}` is a `{found}` instance, not {kind}");
         }
         let summary = r.run_instance(inst, shard)?;
         println!("{inst} shard {shard}: {summary}");
@@ -312,8 +328,27 @@ fn stage_ingest(a: StageArgs, progress: bool) -> Result<()> {
     };
     let text = std::fs::read_to_string(&cfg_path)
         .with_context(|| format!("reading {}", cfg_path.display()))?;
-    let cfg: geoloc_ingest::Config =
+    let config: toml::Table =
         toml::from_str(&text).with_context(|| format!("parsing {}", cfg_path.display()))?;
+    let mut inputs = Vec::new();
+    for dir in &a.input {
+        let manifest = geoloc_core::dataset::Manifest::load(dir)
+            .with_context(|| format!("input {} has no committed dataset", dir.display()))?;
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| dir.display().to_string());
+        inputs.push(Input {
+            name,
+            dir: dir.clone(),
+            manifest,
+        });
+    }
+    let decl = StageDecl {
+        kind: kind.to_string(),
+        inputs: inputs.iter().map(|i| i.name.clone()).collect(),
+        config,
+    };
     let root = a
         .root
         .unwrap_or_else(|| cfg_path.parent().map(PathBuf::from).unwrap_or_default());
@@ -324,10 +359,11 @@ fn stage_ingest(a: StageArgs, progress: bool) -> Result<()> {
         build: build_id(),
         progress,
     };
-    let s = geoloc_ingest::run(&cfg, &ctx)?;
-    println!("shard {shard}: {}", format_ingest_summary(&s));
+    let stage = geoloc_cli::stages::lookup(kind)?;
+    let summary = stage.run(&decl, &ctx, &inputs)?;
+    println!("shard {shard}: {summary}");
     if shard.is_all() && !a.no_finalize {
-        let m = geoloc_ingest::finalize(&cfg, &ctx, 1)?;
+        let m = stage.finalize(&decl, &ctx, &inputs, 1)?;
         println!(
             "committed {} rows ({} rejects) to {}",
             m.rows,

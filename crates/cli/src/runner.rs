@@ -7,7 +7,7 @@ use anyhow::{bail, Context as _, Result};
 use geoloc_core::config::Pipeline;
 use geoloc_core::dataset::Manifest;
 use geoloc_core::shard::Shard;
-use geoloc_core::stage::Context;
+use geoloc_core::stage::{Context, Input};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
@@ -99,15 +99,17 @@ impl Runner {
     }
 
     /// The committed manifests of an instance's inputs, or the first missing one's name.
-    fn input_manifests(
-        &self,
-        name: &str,
-    ) -> Result<std::result::Result<Vec<(String, Manifest)>, String>> {
+    fn input_manifests(&self, name: &str) -> Result<std::result::Result<Vec<Input>, String>> {
         let (decl, _) = self.stage(name)?;
         let mut out = Vec::new();
         for i in &decl.inputs {
-            match Manifest::load(&self.pipeline.instance_dir(i)) {
-                Ok(m) => out.push((i.clone(), m)),
+            let dir = self.pipeline.instance_dir(i);
+            match Manifest::load(&dir) {
+                Ok(manifest) => out.push(Input {
+                    name: i.clone(),
+                    dir,
+                    manifest,
+                }),
                 Err(_) => return Ok(Err(i.clone())),
             }
         }

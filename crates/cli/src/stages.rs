@@ -4,7 +4,7 @@
 use anyhow::{anyhow, Context as _, Result};
 use geoloc_core::config::StageDecl;
 use geoloc_core::dataset::{Dataset, Manifest};
-use geoloc_core::stage::Context;
+use geoloc_core::stage::{Context, Input};
 use std::path::Path;
 
 /// What the runner needs of a stage kind.
@@ -14,21 +14,15 @@ pub trait Stage {
     /// The instance's resolved config as JSON (what manifests record).
     fn config_json(&self, decl: &StageDecl, ctx: &Context) -> Result<serde_json::Value>;
     /// The fingerprint of the instance given its inputs' manifests.
-    fn fingerprint(
-        &self,
-        decl: &StageDecl,
-        ctx: &Context,
-        inputs: &[(String, Manifest)],
-    ) -> Result<String>;
+    fn fingerprint(&self, decl: &StageDecl, ctx: &Context, inputs: &[Input]) -> Result<String>;
     /// Runs one shard; returns a one-line summary.
-    fn run(&self, decl: &StageDecl, ctx: &Context, inputs: &[(String, Manifest)])
-        -> Result<String>;
+    fn run(&self, decl: &StageDecl, ctx: &Context, inputs: &[Input]) -> Result<String>;
     /// Commits the output once every shard has run.
     fn finalize(
         &self,
         decl: &StageDecl,
         ctx: &Context,
-        inputs: &[(String, Manifest)],
+        inputs: &[Input],
         shards: u32,
     ) -> Result<Manifest>;
     /// Checks a committed output opens (parts present, sizes right).
@@ -39,9 +33,11 @@ pub trait Stage {
 pub fn lookup(kind: &str) -> Result<Box<dyn Stage>> {
     match kind {
         geoloc_ingest::KIND => Ok(Box::new(Ingest)),
+        geoloc_preprocess::KIND => Ok(Box::new(Preprocess)),
         other => Err(anyhow!(
-            "unknown stage kind `{other}` (known: {})",
-            geoloc_ingest::KIND
+            "unknown stage kind `{other}` (known: {}, {})",
+            geoloc_ingest::KIND,
+            geoloc_preprocess::KIND
         )),
     }
 }
@@ -63,21 +59,11 @@ impl Stage for Ingest {
         let cfg: geoloc_ingest::Config = parse_config(decl)?;
         Ok(serde_json::to_value(cfg)?)
     }
-    fn fingerprint(
-        &self,
-        decl: &StageDecl,
-        ctx: &Context,
-        _inputs: &[(String, Manifest)],
-    ) -> Result<String> {
+    fn fingerprint(&self, decl: &StageDecl, ctx: &Context, _inputs: &[Input]) -> Result<String> {
         let cfg: geoloc_ingest::Config = parse_config(decl)?;
         Ok(geoloc_ingest::fingerprint(&cfg, ctx)?)
     }
-    fn run(
-        &self,
-        decl: &StageDecl,
-        ctx: &Context,
-        _inputs: &[(String, Manifest)],
-    ) -> Result<String> {
+    fn run(&self, decl: &StageDecl, ctx: &Context, _inputs: &[Input]) -> Result<String> {
         let cfg: geoloc_ingest::Config = parse_config(decl)?;
         let s = geoloc_ingest::run(&cfg, ctx)?;
         Ok(format_ingest_summary(&s))
@@ -86,7 +72,7 @@ impl Stage for Ingest {
         &self,
         decl: &StageDecl,
         ctx: &Context,
-        _inputs: &[(String, Manifest)],
+        _inputs: &[Input],
         shards: u32,
     ) -> Result<Manifest> {
         let cfg: geoloc_ingest::Config = parse_config(decl)?;
@@ -94,6 +80,62 @@ impl Stage for Ingest {
     }
     fn check_output(&self, dir: &Path) -> Result<()> {
         Dataset::open(dir, &geoloc_core::schema::samples()).context("samples dataset")?;
+        Ok(())
+    }
+}
+
+/// The one input of a stage that reads exactly one, named in the error otherwise.
+fn single_input<'a>(decl: &StageDecl, inputs: &'a [Input]) -> Result<&'a Input> {
+    match inputs {
+        [one] => Ok(one),
+        _ => Err(anyhow!(
+            "a `{}` instance reads exactly one input (a samples dataset), it declares {}",
+            decl.kind,
+            inputs.len()
+        )),
+    }
+}
+
+struct Preprocess;
+
+impl Stage for Preprocess {
+    fn format_version(&self) -> u32 {
+        geoloc_preprocess::FORMAT_VERSION
+    }
+    fn config_json(&self, decl: &StageDecl, _ctx: &Context) -> Result<serde_json::Value> {
+        let cfg: geoloc_preprocess::Config = parse_config(decl)?;
+        Ok(serde_json::to_value(cfg)?)
+    }
+    fn fingerprint(&self, decl: &StageDecl, ctx: &Context, inputs: &[Input]) -> Result<String> {
+        let cfg: geoloc_preprocess::Config = parse_config(decl)?;
+        Ok(geoloc_preprocess::fingerprint(
+            &cfg,
+            ctx,
+            single_input(decl, inputs)?,
+        )?)
+    }
+    fn run(&self, decl: &StageDecl, ctx: &Context, inputs: &[Input]) -> Result<String> {
+        let cfg: geoloc_preprocess::Config = parse_config(decl)?;
+        let s = geoloc_preprocess::run(&cfg, ctx, single_input(decl, inputs)?)?;
+        Ok(s.line())
+    }
+    fn finalize(
+        &self,
+        decl: &StageDecl,
+        ctx: &Context,
+        inputs: &[Input],
+        shards: u32,
+    ) -> Result<Manifest> {
+        let cfg: geoloc_preprocess::Config = parse_config(decl)?;
+        Ok(geoloc_preprocess::finalize(
+            &cfg,
+            ctx,
+            single_input(decl, inputs)?,
+            shards,
+        )?)
+    }
+    fn check_output(&self, dir: &Path) -> Result<()> {
+        geoloc_preprocess::open(dir).context("images dataset")?;
         Ok(())
     }
 }

@@ -13,7 +13,7 @@ use crate::dataset::Manifest;
 use crate::error::{Error, Result};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Builds a fingerprint; [`Fingerprint::finish`] returns the hex digest.
 #[derive(Debug, Clone)]
@@ -112,6 +112,41 @@ impl Fingerprint {
             self = self.file(&format!("{label}/{rel}"), &f)?;
         }
         Ok(self)
+    }
+
+    /// Adds many source files (the images a samples dataset lists) as one digest of their
+    /// labels, sizes and modification times; a missing file counts as missing, not as an
+    /// error (the stage will reject it, and the file appearing later changes the digest).
+    pub fn file_set<'a>(
+        mut self,
+        label: &str,
+        files: impl IntoIterator<Item = (&'a str, PathBuf)>,
+    ) -> Self {
+        let mut h = blake3::Hasher::new();
+        let mut n = 0u64;
+        for (name, path) in files {
+            h.update(name.as_bytes());
+            h.update(&[0]);
+            match std::fs::metadata(&path) {
+                Ok(m) => {
+                    let mtime = m
+                        .modified()
+                        .ok()
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map(|d| d.as_nanos())
+                        .unwrap_or(0);
+                    h.update(&m.len().to_le_bytes());
+                    h.update(&mtime.to_le_bytes());
+                }
+                Err(_) => {
+                    h.update(b"missing");
+                }
+            }
+            n += 1;
+        }
+        self.files
+            .push(json!({"set": label, "files": n, "digest": h.finalize().to_hex().to_string()}));
+        self
     }
 
     /// The hex digest.

@@ -119,6 +119,52 @@ pub fn samples() -> DatasetSchema {
     }
 }
 
+/// Pixel tensors, one row per (photo, view): the output of `preprocess`.
+///
+/// Version 1. Unique (`id`, `view`).
+/// - `id` (utf8): the samples row's id.
+/// - `view` (u8): 0 = the centre crop (or the squashed image); 1.. = extra views (corners,
+///   mirror images, random windows), described by the manifest's `views`.
+/// - `pixels` (fixed-size binary, `height * width * 3` bytes): 8-bit RGB, row-major, HWC,
+///   not normalised (the consumer owns normalisation).
+///
+/// The manifest's metadata holds `width`, `height` and how the pixels were made
+/// (`geometry`, `views`, `filter`, ...): [`images_size`] reads the size back.
+pub fn images(width: u32, height: u32) -> DatasetSchema {
+    DatasetSchema {
+        name: "images",
+        version: 1,
+        arrow: Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Utf8, false),
+            Field::new("view", DataType::UInt8, false),
+            Field::new(
+                "pixels",
+                DataType::FixedSizeBinary((width as usize * height as usize * 3) as i32),
+                false,
+            ),
+        ])),
+        key: &["id", "view"],
+        plain: &["id", "pixels"],
+    }
+}
+
+/// The `(width, height)` an images dataset's manifest records.
+pub fn images_size(m: &crate::dataset::Manifest) -> Result<(u32, u32)> {
+    let get = |k: &str| {
+        m.info
+            .metadata
+            .get(k)
+            .and_then(|v| v.as_u64())
+            .and_then(|v| u32::try_from(v).ok())
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "images manifest has no integer `{k}` in its metadata"
+                ))
+            })
+    };
+    Ok((get("width")?, get("height")?))
+}
+
 /// What a part skipped and why: one file per part, beside it.
 ///
 /// Version 1.

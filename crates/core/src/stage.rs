@@ -1,5 +1,6 @@
 //! What every stage's `run` receives besides its own configuration.
 
+use crate::dataset::Manifest;
 use crate::shard::Shard;
 use std::path::{Path, PathBuf};
 
@@ -31,4 +32,12 @@ pub fn build_id() -> String {
         Some(c) => format!("geoloc {} ({c})", env!("CARGO_PKG_VERSION")),
         None => format!("geoloc {}", env!("CARGO_PKG_VERSION")),
     }
+}
+
+/// An upstream dataset a stage reads: the instance's name, its directory and its manifest.
+#[derive(Debug, Clone)]
+pub struct Input {
+    pub name: String,
+    pub dir: PathBuf,
+    pub manifest: Manifest,
 }

@@ -17,6 +17,7 @@
 pub mod decode;
 pub mod geometry;
 pub mod orient;
+pub mod synth;
 
 pub use decode::{DecodeError, DecodeOptions, Decoded, Format, Greyscale, Limits};
 pub use geometry::{Geometry, GeometryError, View, Views};

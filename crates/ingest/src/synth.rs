@@ -95,6 +95,17 @@ pub struct DemoFiles {
     /// Lines written to train.tsv and test.tsv, broken lines included.
     pub train_lines: usize,
     pub test_lines: usize,
+    /// Every well-formed row (train and test), for writing its photo.
+    pub photos: Vec<DemoPhoto>,
+}
+
+/// A well-formed demo row: what its synthetic photo is drawn from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DemoPhoto {
+    pub hash: String,
+    pub country: &'static str,
+    pub lat: f64,
+    pub lon: f64,
 }
 
 fn encode(s: &str) -> String {
@@ -118,6 +129,7 @@ pub fn write_mediaeval_demo(dir: &Path, rows: usize, seed: u64) -> io::Result<De
     let (mut train, mut test, mut truth) = (String::new(), String::new(), String::new());
     let (mut train_lines, mut test_lines) = (0, 0);
     let mut first_hash = String::new();
+    let mut photos = Vec::with_capacity(rows);
     for i in 0..rows {
         let mut pick = rng.below(u64::from(total_w)) as u32;
         let city = GAZETTEER
@@ -149,6 +161,12 @@ pub fn write_mediaeval_demo(dir: &Path, rows: usize, seed: u64) -> io::Result<De
         let year = 2004 + rng.below(11);
         let node_id = 1000 + city as u64 * 7;
         let node = encode(&format!("{country}@{region}@{name}"));
+        photos.push(DemoPhoto {
+            hash: hash.clone(),
+            country,
+            lat,
+            lon,
+        });
         if rng.uniform() < 0.1 {
             if rng.uniform() < 0.5 {
                 writeln!(test, "{hash}\t{media}\t{year}\t{node_id}\t{node}\t\t").ok();
@@ -187,6 +205,7 @@ pub fn write_mediaeval_demo(dir: &Path, rows: usize, seed: u64) -> io::Result<De
         truth: dir.join("truth.csv"),
         train_lines,
         test_lines,
+        photos,
     };
     for (p, text) in [
         (&files.train, &train),

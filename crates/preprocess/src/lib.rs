@@ -1,1 +1,468 @@
+//! `geoloc-preprocess`: the preprocess stage. A samples dataset and its images root in, an
+//! images dataset out (see `geoloc_core::schema::images`): one row per photo and view, raw
+//! 8-bit RGB, HWC, in Arrow IPC parts.
+//!
+//! Every photo goes through `geoloc_imaging::prepare` (decode, EXIF orientation, colour
+//! conversion, greyscale policy, limits, resize-crop or squash, views). A photo that gives no
+//! image (missing, empty, truncated, corrupt, unsupported, too large, greyscale) becomes a
+//! reject row with its reason; nothing stops the run.
+//!
+//! Shards take contiguous ranges of the samples rows, so output order is samples order and
+//! does not depend on thread timing. Decoding runs on rayon's pool, a chunk of images at a
+//! time, while the writer thread writes the previous chunk: at most two chunks are in memory.
+//!
+//! The public face: [`Config`], [`run`], [`finalize`], [`fingerprint`], [`Summary`].
 
+use arrow::array::{ArrayRef, FixedSizeBinaryBuilder, RecordBatch, StringBuilder, UInt8Builder};
+use geoloc_core::dataset::{
+    self, Dataset, DatasetWriter, Manifest, ManifestInfo, PartFormat, Reject, WriterOptions,
+};
+use geoloc_core::fingerprint::Fingerprint;
+use geoloc_core::schema;
+use geoloc_core::stage::{Context, Input};
+use geoloc_imaging::{Geometry, Greyscale, Limits, PrepareOptions, Views};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The stage kind's name in pipeline files.
+pub const KIND: &str = "preprocess";
+
+/// Output-format version: bump when the same config would now produce other pixels.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Configuration of a preprocess instance.
+///
+/// ```toml
+/// [stages.crop224.config]
+/// geometry = { kind = "resize-crop", resize = 224, crop = 224 }
+/// views = { kind = "ten-crop" }          # or centre (default), five-crop, random
+/// greyscale = "reject"                   # or "convert"
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Output geometry: `resize-crop` (shorter side to `resize`, `crop` x `crop` windows) or
+    /// `squash` (`width` x `height`, aspect not kept).
+    pub geometry: Geometry,
+    /// Views per photo besides the centre one.
+    #[serde(default)]
+    pub views: Views,
+    /// Photos without colour channels: `reject` (the paper's choice) or `convert`.
+    #[serde(default)]
+    pub greyscale: Greyscale,
+    /// Decompression-bomb limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Decode large JPEGs at a reduced DCT scale when the target is at most half their size.
+    #[serde(default = "yes")]
+    pub dct_scaling: bool,
+    /// Images root; default: the one the samples dataset records.
+    #[serde(default)]
+    pub images_root: Option<PathBuf>,
+    /// Only rows of these splits (default: all).
+    #[serde(default)]
+    pub splits: Option<Vec<String>>,
+    /// Close a part at about this many MB.
+    #[serde(default)]
+    pub part_cap_mb: Option<u64>,
+    /// Images decoded per chunk (default 64).
+    #[serde(default)]
+    pub chunk: Option<usize>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Errors of the preprocess stage.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Core(#[from] geoloc_core::Error),
+    #[error("preprocess config: {0}")]
+    Config(String),
+    #[error("{0}")]
+    Input(String),
+}
+
+/// What one run (one shard) did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Summary {
+    /// Samples rows this shard was given.
+    pub photos: u64,
+    /// Photos that gave pixels.
+    pub decoded: u64,
+    /// Rows written (photos x views).
+    pub rows: u64,
+    /// Rejected photos by reason.
+    pub rejects: BTreeMap<String, u64>,
+    /// Photos decoded at a reduced DCT scale.
+    pub dct_scaled: u64,
+    /// Photos turned upright by their EXIF orientation.
+    pub reoriented: u64,
+    pub seconds: f64,
+}
+
+impl Summary {
+    /// One line for logs and the CLI.
+    pub fn line(&self) -> String {
+        let rej = if self.rejects.is_empty() {
+            "none".to_string()
+        } else {
+            self.rejects
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        format!(
+            "{} photos, {} decoded ({} rows; {} DCT-scaled, {} reoriented); rejected: {rej}; {:.1} photos/s",
+            self.photos,
+            self.decoded,
+            self.rows,
+            self.dct_scaled,
+            self.reoriented,
+            self.photos as f64 / self.seconds.max(1e-9)
+        )
+    }
+}
+
+fn validate(cfg: &Config) -> Result<(), Error> {
+    cfg.geometry
+        .validate(&cfg.views)
+        .map_err(|e| Error::Config(e.to_string()))
+}
+
+/// One photo to prepare.
+struct Photo {
+    id: String,
+    image: String,
+}
+
+/// The samples rows (id, image) of the configured splits, in dataset order.
+fn photos(cfg: &Config, samples: &Input) -> Result<Vec<Photo>, Error> {
+    let ds = Dataset::open(&samples.dir, &schema::samples())?;
+    let mut out = Vec::new();
+    ds.for_each_batch(|b| {
+        let col = |n: &str| {
+            b.column_by_name(n)
+                .and_then(|c| c.as_any().downcast_ref::<arrow::array::StringArray>())
+                .cloned()
+                .ok_or_else(|| geoloc_core::Error::Config(format!("samples without utf8 `{n}`")))
+        };
+        let (id, image, split) = (col("id")?, col("image")?, col("split")?);
+        for i in 0..b.num_rows() {
+            if let Some(s) = &cfg.splits {
+                if !s.iter().any(|x| x == split.value(i)) {
+                    continue;
+                }
+            }
+            out.push(Photo {
+                id: id.value(i).to_owned(),
+                image: image.value(i).to_owned(),
+            });
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// The images root: the config's, else the one the samples manifest records.
+fn images_root(cfg: &Config, ctx: &Context, samples: &Input) -> Result<PathBuf, Error> {
+    let from_samples = samples
+        .manifest
+        .info
+        .metadata
+        .get("images_root")
+        .and_then(|v| v.as_str())
+        .map(PathBuf::from);
+    cfg.images_root
+        .clone()
+        .or(from_samples)
+        .map(|p| ctx.resolve(&p))
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "no images root: set `images_root` in this config or in the ingest config of `{}`",
+                samples.name
+            ))
+        })
+}
+
+/// The fingerprint: config, the samples' `id`, `image` and `split` columns and images root,
+/// and every listed image file's size and modification time.
+pub fn fingerprint(cfg: &Config, ctx: &Context, samples: &Input) -> Result<String, Error> {
+    let root = images_root(cfg, ctx, samples)?;
+    let list = photos(cfg, samples)?;
+    let fp = Fingerprint::new(KIND, FORMAT_VERSION)
+        .config(cfg)?
+        .dataset(
+            &samples.name,
+            &samples.manifest,
+            &["id", "image", "split"],
+            &["images_root"],
+        )?
+        .file_set(
+            "images",
+            list.iter().map(|p| (p.image.as_str(), root.join(&p.image))),
+        );
+    Ok(fp.finish())
+}
+
+/// The rows of `shard` among `n`: a contiguous range, so output keeps samples order.
+fn shard_range(n: usize, index: u32, count: u32) -> std::ops::Range<usize> {
+    let (i, c) = (index as usize, count as usize);
+    (n * i / c)..(n * (i + 1) / c)
+}
+
+/// What a chunk of photos gave, in order.
+enum Outcome {
+    Ok {
+        id: String,
+        views: Vec<geoloc_imaging::View>,
+        dct_scaled: bool,
+        reoriented: bool,
+    },
+    Rejected(Reject),
+}
+
+fn prepare_one(p: &Photo, root: &Path, opts: &PrepareOptions, seed: u64) -> Outcome {
+    let path = root.join(&p.image);
+    let reject = |reason: &'static str, detail: String| {
+        Outcome::Rejected(Reject {
+            id: Some(p.id.clone()),
+            input: path.display().to_string(),
+            line: None,
+            reason,
+            detail,
+        })
+    };
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return reject("missing-file", "no such file".into())
+        }
+        Err(e) => return reject("io-error", e.to_string()),
+    };
+    let image_seed = xxhash_rust::xxh64::xxh64(p.id.as_bytes(), seed);
+    match geoloc_imaging::prepare(&bytes, opts, image_seed) {
+        Ok(prep) => Outcome::Ok {
+            id: p.id.clone(),
+            views: prep.views,
+            dct_scaled: prep.dct_scale > 1,
+            reoriented: prep.orientation != geoloc_imaging::Orientation::Normal,
+        },
+        Err(e) => reject(e.reason(), e.to_string()),
+    }
+}
+
+/// Runs preprocess for `ctx.shard`: writes that shard's parts, rejects and marker.
+pub fn run(cfg: &Config, ctx: &Context, samples: &Input) -> Result<Summary, Error> {
+    validate(cfg)?;
+    let t0 = Instant::now();
+    let root = images_root(cfg, ctx, samples)?;
+    let all = photos(cfg, samples)?;
+    let mine = &all[shard_range(all.len(), ctx.shard.index, ctx.shard.count)];
+    let (w, h) = cfg.geometry.output_size();
+    let opts = PrepareOptions {
+        decode: geoloc_imaging::DecodeOptions {
+            limits: cfg.limits,
+            greyscale: cfg.greyscale,
+        },
+        geometry: cfg.geometry,
+        views: cfg.views,
+        dct_scaling: cfg.dct_scaling,
+    };
+    let seed = match cfg.views {
+        Views::Random { seed, .. } => seed,
+        _ => 0,
+    };
+    let schema = schema::images(w, h);
+    let wopts = WriterOptions {
+        format: PartFormat::ArrowIpc,
+        part_cap_bytes: cfg.part_cap_mb.unwrap_or(1024) << 20,
+        ..Default::default()
+    };
+    let mut writer = DatasetWriter::create(&ctx.out_dir, schema.clone(), ctx.shard, wopts)?;
+    let bar = progress(ctx, mine.len() as u64);
+    let chunk = cfg.chunk.unwrap_or(64).max(1);
+    let tensor = cfg.geometry.tensor_bytes();
+    let mut summary = Summary {
+        photos: mine.len() as u64,
+        ..Default::default()
+    };
+
+    // Decoders fill chunk k+1 on rayon's pool while this thread writes chunk k.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Outcome>>(1);
+    let result: Result<(), Error> = std::thread::scope(|s| {
+        let root = &root;
+        let opts = &opts;
+        s.spawn(move || {
+            for c in mine.chunks(chunk) {
+                let out: Vec<Outcome> = c
+                    .par_iter()
+                    .map(|p| prepare_one(p, root, opts, seed))
+                    .collect();
+                if tx.send(out).is_err() {
+                    return; // the writer failed; stop decoding
+                }
+            }
+        });
+        for outcomes in rx {
+            let n = outcomes.len() as u64;
+            let mut ids = StringBuilder::new();
+            let mut views = UInt8Builder::new();
+            let mut pixels = FixedSizeBinaryBuilder::with_capacity(outcomes.len(), tensor as i32);
+            for o in outcomes {
+                match o {
+                    Outcome::Ok {
+                        id,
+                        views: vs,
+                        dct_scaled,
+                        reoriented,
+                    } => {
+                        summary.decoded += 1;
+                        summary.dct_scaled += dct_scaled as u64;
+                        summary.reoriented += reoriented as u64;
+                        for v in vs {
+                            ids.append_value(&id);
+                            views.append_value(v.view);
+                            pixels
+                                .append_value(&v.pixels)
+                                .map_err(geoloc_core::Error::from)?;
+                        }
+                    }
+                    Outcome::Rejected(r) => {
+                        *summary.rejects.entry(r.reason.to_string()).or_default() += 1;
+                        writer.reject(r)?;
+                    }
+                }
+            }
+            let cols: Vec<ArrayRef> = vec![
+                Arc::new(ids.finish()),
+                Arc::new(views.finish()),
+                Arc::new(pixels.finish()),
+            ];
+            let batch = RecordBatch::try_new(schema.arrow.clone(), cols)
+                .map_err(geoloc_core::Error::from)?;
+            summary.rows += batch.num_rows() as u64;
+            if batch.num_rows() > 0 {
+                writer.write(&batch)?;
+            }
+            bar.inc(n);
+        }
+        Ok(())
+    });
+    result?;
+    bar.finish_and_clear();
+    writer.finish(metadata(cfg))?;
+    summary.seconds = t0.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+fn progress(ctx: &Context, n: u64) -> indicatif::ProgressBar {
+    if !ctx.progress {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(n);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "preprocess {bar:40} {pos}/{len} photos ({per_sec}, {eta} left)",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+/// What readers need to know about the pixels; identical in every shard.
+fn metadata(cfg: &Config) -> serde_json::Value {
+    let (w, h) = cfg.geometry.output_size();
+    json!({
+        "width": w,
+        "height": h,
+        "channels": 3,
+        "layout": "HWC",
+        "dtype": "u8",
+        "colour": "RGB",
+        "normalised": false,
+        "geometry": cfg.geometry,
+        "views": cfg.views,
+        "view_count": cfg.views.count(),
+        "filter": "bilinear (triangle kernel widened by the reduction factor, as Pillow's BILINEAR)",
+        "greyscale": cfg.greyscale,
+        "dct_scaling": cfg.dct_scaling,
+        "orientation": "EXIF orientation applied",
+    })
+}
+
+/// Commits the dataset once all `shards` shards have run.
+pub fn finalize(
+    cfg: &Config,
+    ctx: &Context,
+    samples: &Input,
+    shards: u32,
+) -> Result<Manifest, Error> {
+    let (w, h) = cfg.geometry.output_size();
+    let info = ManifestInfo {
+        stage: KIND.into(),
+        stage_format_version: FORMAT_VERSION,
+        fingerprint: fingerprint(cfg, ctx, samples)?,
+        config: serde_json::to_value(cfg).map_err(|e| Error::Config(e.to_string()))?,
+        build: ctx.build.clone(),
+        metadata: serde_json::Value::Null,
+    };
+    Ok(dataset::finalize(
+        &ctx.out_dir,
+        &schema::images(w, h),
+        shards,
+        info,
+    )?)
+}
+
+/// Opens a committed images dataset, reading its size from the manifest.
+pub fn open(dir: &Path) -> Result<Dataset, Error> {
+    let m = Manifest::load(dir)?;
+    let (w, h) = schema::images_size(&m)?;
+    Ok(Dataset::open(dir, &schema::images(w, h))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_ranges_cover_every_row_once_in_order() {
+        for n in [0usize, 1, 7, 100, 101] {
+            for c in 1..=5u32 {
+                let v: Vec<usize> = (0..c).flat_map(|i| shard_range(n, i, c)).collect();
+                assert_eq!(v, (0..n).collect::<Vec<_>>(), "n={n} c={c}");
+            }
+        }
+    }
+
+    #[test]
+    fn config_reads_from_toml() {
+        let c: Config = toml::from_str(
+            "geometry = { kind = 'resize-crop', resize = 256, crop = 224 }\nviews = { kind = 'ten-crop' }\ngreyscale = 'convert'\nlimits = { max_pixels = 1000 }",
+        )
+        .unwrap();
+        assert_eq!(
+            c.geometry,
+            Geometry::ResizeCrop {
+                resize: 256,
+                crop: 224
+            }
+        );
+        assert_eq!(c.views, Views::TenCrop);
+        assert_eq!(c.greyscale, Greyscale::Convert);
+        assert_eq!(c.limits.max_pixels, 1000);
+        assert_eq!(c.limits.max_side, Limits::default().max_side);
+        assert!(c.dct_scaling);
+        let bad: Result<Config, _> = toml::from_str("geometry = { kind = 'squash', width = 52 }");
+        assert!(bad.is_err());
+    }
+}
