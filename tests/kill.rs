@@ -8,21 +8,34 @@ use geoloc_core::dataset::Dataset;
 use geoloc_core::schema;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use support::{demo_project, geoloc};
+use support::{geoloc, metadata_project};
 
 #[test]
 fn killed_ingest_is_refused_then_rerun_equals_an_uninterrupted_run() {
-    let p = demo_project(60_000);
+    let p = metadata_project(60_000);
     let root = p.path();
     let pipe = "pipelines/demo.toml";
-    geoloc(&["run", pipe, "--runs-dir", "reference"], root, &[], true);
+    geoloc(
+        &["run", pipe, "--only", "ingest", "--runs-dir", "reference"],
+        root,
+        &[],
+        true,
+    );
     let reference = Dataset::open(&root.join("reference/ingest"), &schema::samples()).unwrap();
 
     let mut refused = Vec::new();
     for delay_ms in [0u64, 20, 60, 150] {
         let out = root.join(format!("killed-{delay_ms}"));
         let mut child = Command::new(env!("CARGO_BIN_EXE_geoloc"))
-            .args(["--no-progress", "-q", "run", pipe, "--runs-dir"])
+            .args([
+                "--no-progress",
+                "-q",
+                "run",
+                pipe,
+                "--only",
+                "ingest",
+                "--runs-dir",
+            ])
             .arg(&out)
             .current_dir(root)
             .stdout(Stdio::null())
@@ -56,7 +69,14 @@ fn killed_ingest_is_refused_then_rerun_equals_an_uninterrupted_run() {
             }
         }
         geoloc(
-            &["run", pipe, "--runs-dir", out.to_str().unwrap()],
+            &[
+                "run",
+                pipe,
+                "--only",
+                "ingest",
+                "--runs-dir",
+                out.to_str().unwrap(),
+            ],
             root,
             &[],
             true,

@@ -61,6 +61,35 @@ pub fn demo_project(rows: usize) -> tempfile::TempDir {
     t
 }
 
+/// Like [`demo_project`], with the metadata files only (no photos): for tests of ingest.
+pub fn metadata_project(rows: usize) -> tempfile::TempDir {
+    let t = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(t.path().join("pipelines")).unwrap();
+    std::fs::copy(
+        workspace().join("pipelines/demo.toml"),
+        t.path().join("pipelines/demo.toml"),
+    )
+    .unwrap();
+    let rows = rows.to_string();
+    geoloc(
+        &[
+            "synth",
+            "mediaeval",
+            "--out",
+            "data/demo",
+            "--rows",
+            &rows,
+            "--seed",
+            "7",
+            "--no-photos",
+        ],
+        t.path(),
+        &[],
+        true,
+    );
+    t
+}
+
 /// `geoloc synth mediaeval` into `root/data/demo` (seed 7).
 pub fn synth(root: &Path, rows: usize) {
     let rows = rows.to_string();
@@ -79,4 +108,13 @@ pub fn synth(root: &Path, rows: usize) {
         &[],
         true,
     );
+}
+
+/// Copies a directory's files (one level, as dataset directories are).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
 }

@@ -103,6 +103,9 @@ enum SynthCmd {
         rows: usize,
         #[arg(long, default_value_t = 7)]
         seed: u64,
+        /// Write the metadata files only, no photos.
+        #[arg(long)]
+        no_photos: bool,
     },
 }
 
@@ -235,7 +238,13 @@ fn real_main(cli: Cli) -> Result<()> {
             );
         }
         Cmd::Synth {
-            what: SynthCmd::Mediaeval { out, rows, seed },
+            what:
+                SynthCmd::Mediaeval {
+                    out,
+                    rows,
+                    seed,
+                    no_photos,
+                },
         } => {
             let f = geoloc_ingest::synth::write_mediaeval_demo(&out, rows, seed)
                 .with_context(|| format!("writing demo files to {}", out.display()))?;
@@ -247,6 +256,9 @@ fn real_main(cli: Cli) -> Result<()> {
                 f.test_lines,
                 f.truth.display()
             );
+            if no_photos {
+                return Ok(());
+            }
             let images = out.join("images");
             let w = geoloc_cli::demo::write_photos(&images, &f.photos, seed)?;
             println!(
@@ -360,6 +372,9 @@ fn stage_cmd(kind: &str, a: StageArgs, progress: bool) -> Result<()> {
         progress,
     };
     let stage = geoloc_cli::stages::lookup(kind)?;
+    stage
+        .config_json(&decl, &ctx)
+        .with_context(|| format!("parsing {}", cfg_path.display()))?;
     let summary = stage.run(&decl, &ctx, &inputs)?;
     println!("shard {shard}: {summary}");
     if shard.is_all() && !a.no_finalize {

@@ -193,19 +193,21 @@ fn images_root(cfg: &Config, ctx: &Context, samples: &Input) -> Result<PathBuf, 
         })
 }
 
-/// The fingerprint: config, the samples' `id`, `image` and `split` columns and images root,
-/// and every listed image file's size and modification time.
+/// The fingerprint: config, the samples' `id` and `image` columns (and `split` when the
+/// config selects splits) and images root, and every listed image file's size and
+/// modification time. Labels, coordinates and splits do not enter: changing them reruns no
+/// preprocess.
 pub fn fingerprint(cfg: &Config, ctx: &Context, samples: &Input) -> Result<String, Error> {
     let root = images_root(cfg, ctx, samples)?;
     let list = photos(cfg, samples)?;
+    let columns: &[&str] = if cfg.splits.is_some() {
+        &["id", "image", "split"]
+    } else {
+        &["id", "image"]
+    };
     let fp = Fingerprint::new(KIND, FORMAT_VERSION)
         .config(cfg)?
-        .dataset(
-            &samples.name,
-            &samples.manifest,
-            &["id", "image", "split"],
-            &["images_root"],
-        )?
+        .dataset(&samples.name, &samples.manifest, columns, &["images_root"])?
         .file_set(
             "images",
             list.iter().map(|p| (p.image.as_str(), root.join(&p.image))),
