@@ -5,7 +5,7 @@ mod support;
 
 use geoloc_core::dataset::Dataset;
 use geoloc_core::schema;
-use support::{demo_project, geoloc, stderr, stdout};
+use support::{geoloc, stderr, stdout};
 
 #[test]
 fn ingest_from_a_config_file() {

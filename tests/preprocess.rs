@@ -4,15 +4,18 @@
 
 mod support;
 
-use arrow::array::{Array, AsArray};
+use arrow::array::AsArray;
 use arrow::datatypes::UInt8Type;
 use geoloc_core::dataset::Dataset;
 use geoloc_core::schema;
 use std::collections::BTreeMap;
 use support::{demo_project, geoloc, stdout};
 
-/// (id, view) -> pixels of an images dataset, and its ids in stored order.
-fn rows(dir: &std::path::Path) -> (BTreeMap<(String, u8), Vec<u8>>, Vec<String>) {
+/// (id, view) -> pixels.
+type Pixels = BTreeMap<(String, u8), Vec<u8>>;
+
+/// The pixels of an images dataset, and its ids in stored order.
+fn rows(dir: &std::path::Path) -> (Pixels, Vec<String>) {
     let ds = geoloc_preprocess::open(dir).expect("committed images dataset");
     ds.verify().unwrap();
     let mut m = BTreeMap::new();

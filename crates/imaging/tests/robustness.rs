@@ -170,3 +170,44 @@ fn limits_refuse_large_images_on_the_header() {
     o.decode.limits.max_pixels = 640 * 480;
     assert!(prepare(&bytes, &o, 0).is_ok());
 }
+
+/// Pillow's 224 centre crop (bilinear) of the peers' generated JPEGs, written by
+/// `tests/parity/make_reference.py`, against ours on the same files.
+#[test]
+fn centre_crop_matches_pillow_bilinear() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/parity");
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| {
+            let n = e.unwrap().file_name().into_string().unwrap();
+            n.strip_suffix(".jpg").map(str::to_owned)
+        })
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 6);
+    let mut report = Vec::new();
+    for n in &names {
+        let bytes = std::fs::read(dir.join(format!("{n}.jpg"))).unwrap();
+        let ours = prepare(&bytes, &opts(Greyscale::Reject), 0).unwrap();
+        let reference = image::open(dir.join(format!("{n}.pillow.png")))
+            .unwrap()
+            .into_rgb8();
+        let ours = image::RgbImage::from_raw(224, 224, ours.views[0].pixels.clone()).unwrap();
+        let mad = mean_abs_diff(&ours, &reference);
+        let max = ours
+            .as_raw()
+            .iter()
+            .zip(reference.as_raw())
+            .map(|(a, b)| a.abs_diff(*b))
+            .max()
+            .unwrap();
+        report.push(format!("{n}: mean {mad:.3}, max {max}"));
+        // Two JPEG decoders (zune-jpeg vs libjpeg-turbo: IDCT and chroma upsampling round
+        // differently) and two resamplers (fast_image_resize vs Pillow: same kernel, other
+        // fixed-point rounding): a fraction of a level on average. A wrong crop box, kernel
+        // or channel order gives tens of levels.
+        assert!(mad < 0.75, "{n}: mean absolute difference {mad:.3}");
+        assert!(max <= 8, "{n}: largest difference {max}");
+    }
+    eprintln!("{}", report.join("\n"));
+}
