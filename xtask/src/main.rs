@@ -6,6 +6,8 @@
 //!   cargo xtask run PIPELINE [geoloc run flags]   same as `geoloc run`
 //!   cargo xtask status PIPELINE
 //!   cargo xtask bench-ingest [--rows N] [--threads "1 2"]   ingest vs polars and DuckDB
+//!   cargo xtask bench-preprocess [--n 200] [--large 12] [--threads "1 2"] [--reps 3]
+//!                                            224 centre crop vs Pillow and torchvision
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -62,7 +64,7 @@ fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(task) = args.first() else {
-        eprintln!("usage: cargo xtask <demo|run|status|bench-ingest> ...");
+        eprintln!("usage: cargo xtask <demo|run|status|bench-ingest|bench-preprocess> ...");
         std::process::exit(2);
     };
     let rest = &args[1..];
@@ -73,7 +75,8 @@ fn main() -> Result<()> {
             sh(Command::new(bin).current_dir(root()).arg(task).args(rest))
         }
         "bench-ingest" => bench_ingest(rest),
-        other => bail!("unknown task {other:?}: demo, run, status, bench-ingest"),
+        "bench-preprocess" => bench_preprocess(rest),
+        other => bail!("unknown task {other:?}: demo, run, status, bench-ingest, bench-preprocess"),
     }
 }
 
@@ -347,5 +350,122 @@ fn bench_ingest(args: &[String]) -> Result<()> {
         p = parts.display()
     );
     sh(Command::new(&py).arg("-c").arg(check))?;
+    Ok(())
+}
+
+/// The value of `key=` in a `key=value ...` line.
+fn field(line: &str, key: &str) -> Option<f64> {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+}
+
+/// geoloc's 224 centre crop against the peers' `preprocess_pillow.py` on the peers' own
+/// generated JPEGs (about 500x333, and 2048x1365), at each thread count, in one run.
+fn bench_preprocess(args: &[String]) -> Result<()> {
+    let n = flag(args, "--n").unwrap_or("200");
+    let large = flag(args, "--large").unwrap_or("12");
+    let threads_list = flag(args, "--threads").unwrap_or("1 2").to_owned();
+    let reps = flag(args, "--reps").unwrap_or("3");
+    let shared = std::env::var_os("GEOLOC_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("../shared"));
+    let peers = shared.join("bench/peers");
+    if !peers.is_dir() {
+        bail!(
+            "{} not found: set GEOLOC_SHARED to the shared folder",
+            peers.display()
+        );
+    }
+    // Pillow, torch and torchvision (about 6 GB with torch's CUDA libraries).
+    let work = root().join("target/bench-img");
+    std::fs::create_dir_all(&work)?;
+    let venv = work.join("venv");
+    let py = venv.join("bin/python");
+    if !py.exists() {
+        sh(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    }
+    sh(Command::new(venv.join("bin/pip")).args([
+        "install",
+        "-q",
+        "numpy",
+        "pillow",
+        "torch",
+        "torchvision",
+    ]))?;
+    let small = work.join(format!("data/jpeg_n{n}_s42"));
+    let big = work.join(format!("data/jpeg_large_n{large}_s42"));
+    for (dir, count, extra) in [
+        (&small, n, vec!["--edge-per-kind", "2"]),
+        (
+            &big,
+            large,
+            vec!["--edge-per-kind", "0", "--size", "2048x1365"],
+        ),
+    ] {
+        if !dir.join("manifest.tsv").exists() {
+            sh(Command::new(&py)
+                .arg(peers.join("gen/gen_jpegs.py"))
+                .arg(dir)
+                .arg(count)
+                .args(["--seed", "42"])
+                .args(extra))?;
+        }
+    }
+    let bin = geoloc()?;
+    println!("# preprocess benchmark: 224 centre crop, median of {reps} runs after a warm-up; speed-up = peer time / geoloc time");
+    println!("| set | threads | engine | seconds | images/s | speed-up |");
+    println!("|---|---|---|---|---|---|");
+    for t in threads_list.split_whitespace() {
+        for (set, dir, variants) in [
+            (
+                "500x333",
+                &small,
+                "pillow.bilinear,pillow.draft.bilinear,torchvision.io.aa",
+            ),
+            (
+                "2048x1365",
+                &big,
+                "pillow.bilinear,pillow.draft.bilinear,torchvision.io.aa",
+            ),
+        ] {
+            let out = Command::new(&bin)
+                .args(["-q", "preprocess-raw"])
+                .arg(dir)
+                .args(["--reps", reps])
+                .env("RAYON_NUM_THREADS", t)
+                .output()?;
+            if !out.status.success() {
+                bail!(
+                    "geoloc preprocess-raw failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            let line = String::from_utf8_lossy(&out.stdout).into_owned();
+            let ours = field(&line, "seconds").context("geoloc printed no seconds")?;
+            let items = field(&line, "items").unwrap_or(0.0);
+            println!(
+                "| {set} | {t} | geoloc | {ours:.4} | {:.0} | 1.00 |",
+                items / ours
+            );
+            let out = Command::new(&py)
+                .arg(peers.join("peers/preprocess_pillow.py"))
+                .arg(dir)
+                .arg(t)
+                .args(["--reps", reps, "--variants", variants])
+                .output()?;
+            for l in String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| l.starts_with("PEER"))
+            {
+                let name = l.split_whitespace().nth(1).unwrap_or("?");
+                let secs = field(l, "seconds").unwrap_or(f64::NAN);
+                println!(
+                    "| {set} | {t} | {name} | {secs:.4} | {:.0} | {:.2} |",
+                    items / secs,
+                    secs / ours
+                );
+            }
+        }
+    }
     Ok(())
 }

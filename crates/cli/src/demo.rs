@@ -31,7 +31,11 @@ pub fn photo_path(hash: &str) -> PathBuf {
 fn bytes_of(i: usize, p: &DemoPhoto, seed: u64) -> Option<Vec<u8>> {
     let s = xxhash_rust::xxh64::xxh64(p.hash.as_bytes(), seed);
     // One in five is a portrait.
-    let (w, h) = if s.is_multiple_of(5) { (192, 256) } else { (256, 192) };
+    let (w, h) = if s.is_multiple_of(5) {
+        (192, 256)
+    } else {
+        (256, 192)
+    };
     let img = synth::photo(s, p.country, p.lat, w, h);
     Some(match i {
         3 => return None, // missing

@@ -91,6 +91,17 @@ enum Cmd {
         #[arg(long)]
         reps: Option<usize>,
     },
+    /// Benchmark mode: the 224 centre crop of every JPEG in a folder into one preallocated
+    /// buffer (read, decode, resize, crop: the peers' timed work, without their float
+    /// conversion). Prints the median of the timed repetitions after one warm-up.
+    PreprocessRaw {
+        dir: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Decode at full size even when the target is small.
+        #[arg(long)]
+        no_dct_scaling: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -292,7 +303,67 @@ fn real_main(cli: Cli) -> Result<()> {
                 rayon_threads()
             );
         }
+        Cmd::PreprocessRaw {
+            dir,
+            reps,
+            no_dct_scaling,
+        } => preprocess_raw(&dir, reps, !no_dct_scaling)?,
     }
+    Ok(())
+}
+
+fn preprocess_raw(dir: &std::path::Path, reps: usize, dct_scaling: bool) -> Result<()> {
+    use rayon::prelude::*;
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|x| x.eq_ignore_ascii_case("jpg") || x.eq_ignore_ascii_case("jpeg"))
+        })
+        .collect();
+    paths.sort();
+    let opts = geoloc_imaging::PrepareOptions {
+        decode: Default::default(),
+        geometry: geoloc_imaging::Geometry::ResizeCrop {
+            resize: 224,
+            crop: 224,
+        },
+        views: geoloc_imaging::Views::Centre,
+        dct_scaling,
+    };
+    let t = opts.geometry.tensor_bytes();
+    let mut out = vec![0u8; paths.len() * t];
+    let once = |paths: &[PathBuf], out: &mut [u8]| -> Result<()> {
+        out.par_chunks_mut(t)
+            .zip(paths.par_iter())
+            .try_for_each(|(slot, p)| {
+                let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+                let prep = geoloc_imaging::prepare(&bytes, &opts, 0)
+                    .with_context(|| format!("{}", p.display()))?;
+                slot.copy_from_slice(&prep.views[0].pixels);
+                Ok(())
+            })
+    };
+    let warm = paths.len().min(16);
+    once(&paths[..warm], &mut out[..warm * t])?;
+    let mut times = Vec::new();
+    for _ in 0..reps.max(1) {
+        let t0 = Instant::now();
+        once(&paths, &mut out)?;
+        times.push(t0.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    let s = times[times.len() / 2];
+    let checksum: u64 = out.iter().step_by(7).map(|&v| v as u64).sum();
+    println!(
+        "items={} seconds={s:.4} items_per_s={:.1} min_s={:.4} reps={} threads={} checksum={checksum}",
+        paths.len(),
+        paths.len() as f64 / s,
+        times[0],
+        times.len(),
+        rayon_threads()
+    );
     Ok(())
 }
 
