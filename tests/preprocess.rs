@@ -160,10 +160,40 @@ fn changing_splits_reruns_no_preprocess_but_a_changed_photo_does() {
         .next()
         .unwrap()
         .to_string()
-        + "[stages.small]\nkind = \"preprocess\"\ninputs = [\"ingest\"]\n[stages.small.config]\ngeometry = { kind = \"squash\", width = 52, height = 48 }\n";
+        + "[stages.small]\nkind = \"preprocess\"\ninputs = [\"ingest\"]\n[stages.small.config]\ngeometry = { kind = \"squash\", width = 52, height = 48 }\n"
+        + "[stages.five]\nkind = \"preprocess\"\ninputs = [\"ingest\"]\n[stages.five.config]\ngeometry = { kind = \"resize-crop\", resize = 64, crop = 48 }\nviews = { kind = \"five-crop\" }\npart_cap_mb = 1\n";
     std::fs::write(root.join(pipe), &text).unwrap();
     let out = stdout(&geoloc(&["run", pipe], root, &[], true));
     assert!(out.contains("small: ran"), "{out}");
+
+    // Five views per photo, numbered 0-4; parts closed at the 1 MB cap.
+    let (five, order) = rows(&root.join("runs/demo/five"));
+    let small = geoloc_preprocess::open(&root.join("runs/demo/small")).unwrap();
+    let five_ds = geoloc_preprocess::open(&root.join("runs/demo/five")).unwrap();
+    assert_eq!(five.len() as u64, 5 * small.manifest.rows);
+    assert_eq!(five_ds.manifest.info.metadata["view_count"], 5);
+    for (id, _) in five.keys().filter(|(_, v)| *v == 0) {
+        for v in 1..5u8 {
+            assert!(five.contains_key(&(id.clone(), v)), "{id} view {v}");
+        }
+        // Corners differ from the centre: the views are real windows.
+        assert_ne!(five[&(id.clone(), 0)], five[&(id.clone(), 1)]);
+    }
+    // A photo's five rows are stored together.
+    assert!(order.chunks(5).all(|c| c.iter().all(|id| *id == c[0])));
+    // A part is closed once it holds 1 MB, after the chunk (64 photos x 5 views) that
+    // crossed the cap: every part but the last holds between 1 MB and 1 MB + one chunk.
+    let parts = &five_ds.manifest.parts;
+    let chunk = 64 * 5 * 48 * 48 * 3;
+    assert!(parts.len() > 2, "{} parts", parts.len());
+    for p in &parts[..parts.len() - 1] {
+        assert!(
+            p.bytes >= 1 << 20 && p.bytes < (1 << 20) + chunk + 65536,
+            "{}: {}",
+            p.file,
+            p.bytes
+        );
+    }
 
     // New split fractions: ingest reruns, preprocess does not (it reads id and image only).
     std::fs::write(
@@ -176,7 +206,10 @@ fn changing_splits_reruns_no_preprocess_but_a_changed_photo_does() {
     .unwrap();
     let out = stdout(&geoloc(&["run", pipe], root, &[], true));
     assert!(out.contains("ingest: ran"), "{out}");
-    assert!(out.contains("small: fresh"), "{out}");
+    assert!(
+        out.contains("small: fresh") && out.contains("five: fresh"),
+        "{out}"
+    );
 
     // A photo rewritten with other bytes: preprocess is stale, with the reason.
     let ds = Dataset::open(&root.join("runs/demo/ingest"), &schema::samples()).unwrap();
