@@ -48,21 +48,18 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// A project-shaped temporary folder with the demo pipeline and `rows` rows of demo data.
+/// A project-shaped temporary folder with the demo pipeline and `rows` rows of demo data
+/// (metadata and photos).
 pub fn demo_project(rows: usize) -> tempfile::TempDir {
-    let t = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(t.path().join("pipelines")).unwrap();
-    std::fs::copy(
-        workspace().join("pipelines/demo.toml"),
-        t.path().join("pipelines/demo.toml"),
-    )
-    .unwrap();
-    synth(t.path(), rows);
-    t
+    project(rows, &[])
 }
 
 /// Like [`demo_project`], with the metadata files only (no photos): for tests of ingest.
 pub fn metadata_project(rows: usize) -> tempfile::TempDir {
+    project(rows, &["--no-photos"])
+}
+
+fn project(rows: usize, synth_flags: &[&str]) -> tempfile::TempDir {
     let t = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(t.path().join("pipelines")).unwrap();
     std::fs::copy(
@@ -70,44 +67,29 @@ pub fn metadata_project(rows: usize) -> tempfile::TempDir {
         t.path().join("pipelines/demo.toml"),
     )
     .unwrap();
-    let rows = rows.to_string();
-    geoloc(
-        &[
-            "synth",
-            "mediaeval",
-            "--out",
-            "data/demo",
-            "--rows",
-            &rows,
-            "--seed",
-            "7",
-            "--no-photos",
-        ],
-        t.path(),
-        &[],
-        true,
-    );
+    synth_with(t.path(), rows, synth_flags);
     t
 }
 
 /// `geoloc synth mediaeval` into `root/data/demo` (seed 7).
 pub fn synth(root: &Path, rows: usize) {
+    synth_with(root, rows, &[]);
+}
+
+fn synth_with(root: &Path, rows: usize, flags: &[&str]) {
     let rows = rows.to_string();
-    geoloc(
-        &[
-            "synth",
-            "mediaeval",
-            "--out",
-            "data/demo",
-            "--rows",
-            &rows,
-            "--seed",
-            "7",
-        ],
-        root,
-        &[],
-        true,
-    );
+    let mut args = vec![
+        "synth",
+        "mediaeval",
+        "--out",
+        "data/demo",
+        "--rows",
+        &rows,
+        "--seed",
+        "7",
+    ];
+    args.extend_from_slice(flags);
+    geoloc(&args, root, &[], true);
 }
 
 /// Copies a directory's files (one level, as dataset directories are).

@@ -137,27 +137,10 @@ fn bench_ingest(args: &[String]) -> Result<()> {
     let rows = flag(args, "--rows").unwrap_or("4695149");
     let threads_list = flag(args, "--threads").unwrap_or("1 2").to_owned();
     let reps: usize = flag(args, "--reps").unwrap_or("3").parse()?;
-    let shared = std::env::var_os("GEOLOC_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("../shared"));
-    let peers = shared.join("bench/peers");
-    if !peers.is_dir() {
-        bail!(
-            "{} not found: set GEOLOC_SHARED to the shared folder",
-            peers.display()
-        );
-    }
+    let peers = peers_dir()?;
     let work = root().join("target/bench");
-    std::fs::create_dir_all(&work)?;
     // A small venv with just what the ingest peers need (not the 6 GB torch one).
-    let venv = work.join("venv");
-    let py = venv.join("bin/python");
-    if !py.exists() {
-        sh(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
-    }
-    sh(Command::new(venv.join("bin/pip")).args([
-        "install", "-q", "numpy", "polars", "duckdb", "pyarrow", "pandas",
-    ]))?;
+    let py = venv(&work, &["numpy", "polars", "duckdb", "pyarrow", "pandas"])?;
     let tsv = work.join(format!("mediaeval_n{rows}_s7.tsv"));
     if !tsv.exists() {
         sh(Command::new(&py)
@@ -353,6 +336,35 @@ fn bench_ingest(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// The peers' folder in the shared data (`$GEOLOC_SHARED`, or `../shared`).
+fn peers_dir() -> Result<PathBuf> {
+    let shared = std::env::var_os("GEOLOC_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("../shared"));
+    let peers = shared.join("bench/peers");
+    if !peers.is_dir() {
+        bail!(
+            "{} not found: set GEOLOC_SHARED to the shared folder",
+            peers.display()
+        );
+    }
+    Ok(peers)
+}
+
+/// A Python venv under `work/venv` with `packages` installed; returns its python.
+fn venv(work: &Path, packages: &[&str]) -> Result<PathBuf> {
+    std::fs::create_dir_all(work)?;
+    let venv = work.join("venv");
+    let py = venv.join("bin/python");
+    if !py.exists() {
+        sh(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    }
+    sh(Command::new(venv.join("bin/pip"))
+        .args(["install", "-q"])
+        .args(packages))?;
+    Ok(py)
+}
+
 /// The value of `key=` in a `key=value ...` line.
 fn field(line: &str, key: &str) -> Option<f64> {
     line.split_whitespace()
@@ -366,32 +378,10 @@ fn bench_preprocess(args: &[String]) -> Result<()> {
     let large = flag(args, "--large").unwrap_or("12");
     let threads_list = flag(args, "--threads").unwrap_or("1 2").to_owned();
     let reps = flag(args, "--reps").unwrap_or("3");
-    let shared = std::env::var_os("GEOLOC_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("../shared"));
-    let peers = shared.join("bench/peers");
-    if !peers.is_dir() {
-        bail!(
-            "{} not found: set GEOLOC_SHARED to the shared folder",
-            peers.display()
-        );
-    }
+    let peers = peers_dir()?;
     // Pillow, torch and torchvision (about 6 GB with torch's CUDA libraries).
     let work = root().join("target/bench-img");
-    std::fs::create_dir_all(&work)?;
-    let venv = work.join("venv");
-    let py = venv.join("bin/python");
-    if !py.exists() {
-        sh(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
-    }
-    sh(Command::new(venv.join("bin/pip")).args([
-        "install",
-        "-q",
-        "numpy",
-        "pillow",
-        "torch",
-        "torchvision",
-    ]))?;
+    let py = venv(&work, &["numpy", "pillow", "torch", "torchvision"])?;
     let small = work.join(format!("data/jpeg_n{n}_s42"));
     let big = work.join(format!("data/jpeg_large_n{large}_s42"));
     for (dir, count, extra) in [

@@ -35,10 +35,10 @@ fn main() {
         match r {
             Ok(p) => println!(
                 "{file}\tok\t{}x{} o{} s{} {ms:.1}ms",
-                p.source_width,
-                p.source_height,
-                p.orientation.exif_value(),
-                p.dct_scale
+                p.info.source_width,
+                p.info.source_height,
+                p.info.orientation.exif_value(),
+                p.info.dct_scale
             ),
             Err(e) => println!(
                 "{file}\t{}\t{} {ms:.1}ms",

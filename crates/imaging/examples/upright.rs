@@ -18,7 +18,7 @@ fn main() {
                     "{f}: {}x{} orientation {}",
                     d.image.width(),
                     d.image.height(),
-                    d.orientation.exif_value()
+                    d.info.orientation.exif_value()
                 );
             }
             Err(e) => println!("{f}: {e}"),

@@ -119,20 +119,26 @@ impl DecodeError {
     }
 }
 
-/// A decoded photo: upright, 8-bit RGB.
-#[derive(Debug, Clone)]
-pub struct Decoded {
-    pub image: RgbImage,
+/// What decoding found and did, besides the pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeInfo {
     pub format: Format,
     /// Stored size (before orientation and before DCT scaling).
     pub source_width: u32,
     pub source_height: u32,
-    /// The EXIF orientation applied (1 = none).
+    /// The EXIF orientation applied (`Normal` = none).
     pub orientation: Orientation,
     /// The DCT scale denominator used (1 = full size, 2, 4 or 8).
     pub dct_scale: u8,
     /// The source had no colour channels (and the policy converted it).
     pub was_greyscale: bool,
+}
+
+/// A decoded photo: upright, 8-bit RGB.
+#[derive(Debug, Clone)]
+pub struct Decoded {
+    pub image: RgbImage,
+    pub info: DecodeInfo,
 }
 
 /// Sniffs the container format from the first bytes.
@@ -224,7 +230,7 @@ pub fn decode(
         Format::Jpeg => decode_jpeg(bytes, opts, orient, want)?,
         _ => decode_other(bytes, format, opts)?,
     };
-    d.orientation = orient;
+    d.info.orientation = orient;
     d.image = crate::orient::apply(d.image, orient);
     Ok(d)
 }
@@ -299,12 +305,14 @@ fn decode_jpeg(
     }
     let decoded = |image: RgbImage, dct_scale: u8, grey: bool| Decoded {
         image,
-        format: Format::Jpeg,
-        source_width: w,
-        source_height: h,
-        orientation: Orientation::Normal,
-        dct_scale,
-        was_greyscale: grey,
+        info: DecodeInfo {
+            format: Format::Jpeg,
+            source_width: w,
+            source_height: h,
+            orientation: Orientation::Normal,
+            dct_scale,
+            was_greyscale: grey,
+        },
     };
     // Reduced-scale decode (jpeg-decoder): only for the common colour spaces, whose output
     // needs no conversion of ours.
@@ -502,12 +510,14 @@ fn decode_other(
     let img = image::DynamicImage::from_decoder(dec).map_err(corrupt)?;
     Ok(Decoded {
         image: img.into_rgb8(),
-        format,
-        source_width: w,
-        source_height: h,
-        orientation: Orientation::Normal,
-        dct_scale: 1,
-        was_greyscale: grey,
+        info: DecodeInfo {
+            format,
+            source_width: w,
+            source_height: h,
+            orientation: Orientation::Normal,
+            dct_scale: 1,
+            was_greyscale: grey,
+        },
     })
 }
 

@@ -19,22 +19,15 @@ pub mod geometry;
 pub mod orient;
 pub mod synth;
 
-pub use decode::{DecodeError, DecodeOptions, Decoded, Format, Greyscale, Limits};
+pub use decode::{DecodeError, DecodeInfo, DecodeOptions, Decoded, Format, Greyscale, Limits};
 pub use geometry::{Geometry, GeometryError, View, Views};
 pub use orient::Orientation;
 
-/// One photo made ready: its views and what was done to get them.
+/// One photo made ready: its views and what decoding found and did.
 #[derive(Debug, Clone)]
 pub struct Prepared {
     pub views: Vec<View>,
-    pub format: Format,
-    /// Stored size of the source.
-    pub source_width: u32,
-    pub source_height: u32,
-    pub orientation: Orientation,
-    /// DCT scale denominator of the decode (1 = full size).
-    pub dct_scale: u8,
-    pub was_greyscale: bool,
+    pub info: DecodeInfo,
 }
 
 /// Options of [`prepare`].
@@ -61,17 +54,12 @@ pub fn prepare(
     let views =
         geometry::render(&d.image, &opts.geometry, &opts.views, image_seed).map_err(|e| {
             DecodeError::Corrupt {
-                format: d.format.name(),
+                format: d.info.format.name(),
                 msg: e.to_string(),
             }
         })?;
     Ok(Prepared {
         views,
-        format: d.format,
-        source_width: d.source_width,
-        source_height: d.source_height,
-        orientation: d.orientation,
-        dct_scale: d.dct_scale,
-        was_greyscale: d.was_greyscale,
+        info: d.info,
     })
 }

@@ -255,8 +255,8 @@ fn prepare_one(p: &Photo, root: &Path, opts: &PrepareOptions, seed: u64) -> Outc
         Ok(prep) => Outcome::Ok {
             id: p.id.clone(),
             views: prep.views,
-            dct_scaled: prep.dct_scale > 1,
-            reoriented: prep.orientation != geoloc_imaging::Orientation::Normal,
+            dct_scaled: prep.info.dct_scale > 1,
+            reoriented: prep.info.orientation != geoloc_imaging::Orientation::Normal,
         },
         Err(e) => reject(e.reason(), e.to_string()),
     }
