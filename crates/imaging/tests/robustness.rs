@@ -201,7 +201,17 @@ fn centre_crop_matches_pillow_bilinear() {
             .map(|(a, b)| a.abs_diff(*b))
             .max()
             .unwrap();
-        report.push(format!("{n}: mean {mad:.3}, max {max}"));
+        // The tolerance tells crop boxes apart: the same comparison one pixel to the left.
+        let shifted = image::imageops::crop_imm(&reference, 1, 0, 223, 224).to_image();
+        let ours_cut = image::imageops::crop_imm(&ours, 0, 0, 223, 224).to_image();
+        let off_by_one = mean_abs_diff(&ours_cut, &shifted);
+        report.push(format!(
+            "{n}: mean {mad:.3}, max {max}; one pixel off: {off_by_one:.3}"
+        ));
+        assert!(
+            off_by_one > 2.0 * mad,
+            "{n}: a shifted box is as close ({off_by_one:.3})"
+        );
         // Two JPEG decoders (zune-jpeg vs libjpeg-turbo: IDCT and chroma upsampling round
         // differently) and two resamplers (fast_image_resize vs Pillow: same kernel, other
         // fixed-point rounding): a fraction of a level on average. A wrong crop box, kernel

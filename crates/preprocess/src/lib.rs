@@ -427,6 +427,11 @@ pub fn finalize(
 
 /// Opens a committed images dataset, reading its size from the manifest.
 pub fn open(dir: &Path) -> Result<Dataset, Error> {
+    if !dir.join(dataset::MANIFEST).exists() {
+        // No size to read: the reader names what is there instead (an unfinished run's
+        // parts and markers, or no directory).
+        return Ok(Dataset::open(dir, &schema::images(1, 1))?);
+    }
     let m = Manifest::load(dir)?;
     let (w, h) = schema::images_size(&m)?;
     Ok(Dataset::open(dir, &schema::images(w, h))?)
