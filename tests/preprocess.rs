@@ -227,3 +227,58 @@ fn changing_splits_reruns_no_preprocess_but_a_changed_photo_does() {
         "{st}"
     );
 }
+
+#[test]
+fn preprocess_from_a_config_file_and_clear_config_errors() {
+    let p = demo_project(300);
+    let root = p.path();
+    geoloc(
+        &["run", "pipelines/demo.toml", "--only", "ingest"],
+        root,
+        &[],
+        true,
+    );
+    std::fs::write(
+        root.join("small.toml"),
+        "geometry = { kind = 'squash', width = 52, height = 48 }\ngreyscale = 'convert'\nimages_root = 'data/demo/images'\n",
+    )
+    .unwrap();
+    let out = stdout(&geoloc(
+        &[
+            "preprocess",
+            "--config",
+            "small.toml",
+            "--input",
+            "runs/demo/ingest",
+            "--out",
+            "mine/small",
+        ],
+        root,
+        &[],
+        true,
+    ));
+    assert!(out.contains("committed"), "{out}");
+    let ds = geoloc_preprocess::open(&root.join("mine/small")).unwrap();
+    assert_eq!(ds.manifest.info.metadata["width"], 52);
+    // greyscale = convert: the planted greyscale photo, if ingest kept it, is not a reject.
+    for b in ds.read_rejects().unwrap() {
+        let reason = b.column(3).as_string::<i32>();
+        assert!((0..b.num_rows()).all(|i| reason.value(i) != "greyscale"));
+    }
+
+    for (text, needle) in [
+        ("geometry = { kind = 'squash', width = 0, height = 48 }", "squash needs sizes"),
+        ("geometry = { kind = 'resize-crop', resize = 200, crop = 224 }", "crop <= resize"),
+        ("geometry = { kind = 'squash', width = 52, height = 48 }\nviews = { kind = 'ten-crop' }", "only the centre view"),
+        ("geometry = { kind = 'circle' }", "parsing bad.toml"),
+    ] {
+        std::fs::write(root.join("bad.toml"), text).unwrap();
+        let err = support::stderr(&geoloc(
+            &["preprocess", "--config", "bad.toml", "--input", "runs/demo/ingest", "--out", "mine/bad"],
+            root,
+            &[],
+            false,
+        ));
+        assert!(err.starts_with("error: ") && err.contains(needle), "{text}: {err}");
+    }
+}

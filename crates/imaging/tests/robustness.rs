@@ -221,3 +221,49 @@ fn centre_crop_matches_pillow_bilinear() {
     }
     eprintln!("{}", report.join("\n"));
 }
+
+/// Every prefix-truncation and many single-byte corruptions of a JPEG and a PNG give an
+/// image or a reason, never a panic, each within a time bound.
+#[test]
+fn damaged_copies_of_valid_files_never_panic() {
+    let img = geoloc_imaging::synth::photo(5, "Italy", 42.0, 96, 64);
+    let jpeg = geoloc_imaging::synth::jpeg(&img);
+    let mut png = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut png, image::ImageFormat::Png).unwrap();
+    let png = png.into_inner();
+    let o = opts(Greyscale::Convert);
+    for (name, file) in [("jpeg", &jpeg), ("png", &png)] {
+        let mut cases: Vec<Vec<u8>> = (0..file.len())
+            .step_by(37)
+            .map(|n| file[..n].to_vec())
+            .collect();
+        let mut s = 1u64;
+        for _ in 0..300 {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let mut f = file.clone();
+            let at = (s >> 33) as usize % f.len();
+            f[at] ^= 1 << ((s >> 20) % 8);
+            cases.push(f);
+        }
+        let mut rejected = 0;
+        for c in &cases {
+            let t = Instant::now();
+            let got = outcome(c, &o);
+            assert_ne!(got, "PANIC", "{name}: a damaged copy panicked");
+            assert!(
+                t.elapsed() < Duration::from_secs(2),
+                "{name}: took {:?}",
+                t.elapsed()
+            );
+            rejected += (got != "ok") as usize;
+        }
+        // Truncations are refused: the check is not vacuous.
+        assert!(
+            rejected >= file.len() / 37 / 2,
+            "{name}: only {rejected} of {} refused",
+            cases.len()
+        );
+    }
+}
