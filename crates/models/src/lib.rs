@@ -9,3 +9,5 @@
 //! Architecture invariant: no datasets, no stage: tensors in, tensors out.
 
 pub mod checkpoint;
+pub mod vgg;
+pub mod weights;
