@@ -9,5 +9,6 @@
 //! Architecture invariant: no datasets, no stage: tensors in, tensors out.
 
 pub mod checkpoint;
+pub mod googlenet;
 pub mod vgg;
 pub mod weights;
