@@ -1,0 +1,88 @@
+//! Forward throughput of the backbones on random weights and inputs (the cost does not depend
+//! on the values): `RAYON_NUM_THREADS=T cargo run --release -p geoloc-models --example
+//! throughput -- vgg16|googlenet BATCH REPS`. Prints images/s (median of REPS after a warm-up);
+//! compare with the peers' `featurize_torch.py random T --models ... --batches BATCH`.
+use candle_core::{DType, Device, Tensor};
+use geoloc_models::googlenet::{GoogLeNet, GoogLeNetConfig, GoogLeNetLayer};
+use geoloc_models::vgg::{Vgg, VggConfig, VggLayer};
+use geoloc_models::weights::WeightMap;
+
+fn random(shape: &[usize], seed: u64) -> Tensor {
+    let n: usize = shape.iter().product();
+    let mut s = seed;
+    let v: Vec<f32> = (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.05
+        })
+        .collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).expect("tensor")
+}
+
+fn names(file: &str) -> Vec<(String, Tensor)> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(file);
+    std::fs::read_to_string(path)
+        .expect("names list")
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .enumerate()
+        .map(|(i, l)| {
+            let (name, dims) = l.split_once('\t').expect("name<TAB>dims");
+            let shape: Vec<usize> = dims
+                .split(',')
+                .filter(|d| !d.is_empty())
+                .map(|d| d.parse().expect("dim"))
+                .collect();
+            let t = if name.ends_with("running_var") {
+                (random(&shape, i as u64).abs().expect("abs") + 1.0).expect("add")
+            } else {
+                random(&shape, i as u64)
+            };
+            (name.to_owned(), t)
+        })
+        .collect()
+}
+
+fn main() {
+    let mut a = std::env::args().skip(1);
+    let model = a.next().unwrap_or_else(|| "googlenet".into());
+    let batch: usize = a.next().and_then(|v| v.parse().ok()).unwrap_or(8);
+    let reps: usize = a.next().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let x = random(&[batch, 3, 224, 224], 99);
+    let run: Box<dyn Fn() -> Tensor> = match model.as_str() {
+        "vgg16" => {
+            let m = Vgg::load(
+                WeightMap::new(names("vgg16_names.tsv"), DType::F32),
+                VggConfig::vgg16(),
+            )
+            .expect("vgg16");
+            Box::new(move || m.forward(&x, VggLayer::Logits).expect("forward"))
+        }
+        _ => {
+            let m = GoogLeNet::load(
+                WeightMap::new(names("googlenet_names.tsv"), DType::F32),
+                GoogLeNetConfig::googlenet(),
+            )
+            .expect("googlenet");
+            Box::new(move || m.forward(&x, GoogLeNetLayer::Logits).expect("forward"))
+        }
+    };
+    run();
+    let mut times: Vec<f64> = (0..reps)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            run();
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    let s = times[times.len() / 2];
+    println!(
+        "{model} batch={batch} seconds={s:.3} images_per_s={:.2}",
+        batch as f64 / s
+    );
+}
