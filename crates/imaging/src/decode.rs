@@ -230,6 +230,12 @@ pub fn decode(
         Format::Jpeg => decode_jpeg(bytes, opts, orient, want)?,
         _ => decode_other(bytes, format, opts)?,
     };
+    // The decoders refuse greyscale on the header where they can; this catches the files
+    // whose colour type only the decoded result tells (a JPEG whose header only
+    // jpeg-decoder could read).
+    if d.info.was_greyscale && opts.greyscale == Greyscale::Reject {
+        return Err(DecodeError::Greyscale("decoded as one channel"));
+    }
     d.info.orientation = orient;
     d.image = crate::orient::apply(d.image, orient);
     Ok(d)
@@ -528,5 +534,48 @@ fn grey_name(c: image::ColorType) -> &'static str {
         image::ColorType::L16 => "16-bit grey",
         image::ColorType::La16 => "16-bit grey with alpha",
         _ => "grey",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A greyscale JPEG with a short APP14 segment: zune-jpeg refuses its header, so only
+    /// jpeg-decoder reads it, and only its decoded result says it is greyscale.
+    fn grey_jpeg_with_short_app14() -> Vec<u8> {
+        let img = crate::synth::photo(3, "Spain", 40.0, 64, 48);
+        let grey = image::DynamicImage::ImageRgb8(img).into_luma8();
+        let mut out = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
+            .encode_image(&grey)
+            .unwrap();
+        let mut bytes = out[..2].to_vec();
+        bytes.extend_from_slice(&[0xFF, 0xEE, 0x00, 0x07]);
+        bytes.extend_from_slice(b"Adobe");
+        bytes.extend_from_slice(&out[2..]);
+        bytes
+    }
+
+    #[test]
+    fn greyscale_found_only_after_decoding_is_still_refused() {
+        let bytes = grey_jpeg_with_short_app14();
+        let mut head = zune_jpeg::JpegDecoder::new_with_options(
+            ZCursor::new(&bytes[..]),
+            zune_options(&Limits::default(), false),
+        );
+        assert!(
+            head.decode_headers().is_err(),
+            "the case needs zune to refuse the header"
+        );
+        let e = decode(&bytes, &DecodeOptions::default(), None).unwrap_err();
+        assert_eq!(e.reason(), "greyscale");
+        let convert = DecodeOptions {
+            greyscale: Greyscale::Convert,
+            ..Default::default()
+        };
+        let d = decode(&bytes, &convert, None).unwrap();
+        assert!(d.info.was_greyscale);
+        assert_eq!(d.image.dimensions(), (64, 48));
     }
 }
