@@ -3,31 +3,13 @@
 //! .pth formats (BatchNorm folded at load), on inputs of odd sizes (ceil-mode pools), at both
 //! selectable layers; and the full-width names and shapes against torchvision's list.
 
+mod torch_reference;
+
 use candle_core::{DType, Device, Tensor};
 use geoloc_models::checkpoint::load;
 use geoloc_models::googlenet::{max_pool_ceil, GoogLeNet, GoogLeNetConfig, GoogLeNetLayer};
 use geoloc_models::weights::WeightMap;
-use std::path::{Path, PathBuf};
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
-fn relative_error(ours: &Tensor, reference: &Tensor) -> f64 {
-    let a: Vec<f32> = ours.flatten_all().unwrap().to_vec1().unwrap();
-    let b: Vec<f32> = reference.flatten_all().unwrap().to_vec1().unwrap();
-    assert_eq!(a.len(), b.len());
-    let mean = b.iter().map(|&v| v as f64).sum::<f64>() / b.len() as f64;
-    let std = (b.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / b.len() as f64).sqrt();
-    let max = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| (*x as f64 - *y as f64).abs())
-        .fold(0.0, f64::max);
-    max / std.max(1e-12)
-}
+use torch_reference::{fixture, relative_error};
 
 #[test]
 fn tiny_googlenet_matches_torchvision_from_both_formats() {

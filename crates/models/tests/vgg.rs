@@ -3,35 +3,16 @@
 //! readers, on fixed inputs, at every selectable layer; and the full-width network's tensor
 //! names and shapes against torchvision's list (`tests/fixtures/make_names.py`).
 
+mod torch_reference;
+
 use candle_core::{DType, Device, Tensor};
 use geoloc_models::checkpoint::load;
 use geoloc_models::vgg::{Vgg, VggConfig, VggLayer};
 use geoloc_models::weights::WeightMap;
-use std::path::{Path, PathBuf};
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
+use torch_reference::{fixture, relative_error};
 
 fn tiny_config() -> VggConfig {
     VggConfig::vgg16_divided(32, 32, 10)
-}
-
-/// max |ours - torch| / std(torch)
-fn relative_error(ours: &Tensor, reference: &Tensor) -> f64 {
-    let a: Vec<f32> = ours.flatten_all().unwrap().to_vec1().unwrap();
-    let b: Vec<f32> = reference.flatten_all().unwrap().to_vec1().unwrap();
-    assert_eq!(a.len(), b.len());
-    let mean = b.iter().map(|&v| v as f64).sum::<f64>() / b.len() as f64;
-    let std = (b.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / b.len() as f64).sqrt();
-    let max = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| (*x as f64 - *y as f64).abs())
-        .fold(0.0, f64::max);
-    max / std.max(1e-12)
 }
 
 #[test]
