@@ -271,9 +271,11 @@ fn zune_options(l: &Limits, strict: bool) -> DecoderOptions {
 /// JPEG acceptance follows two decoders: a file is accepted when zune-jpeg decodes it in
 /// strict mode, or jpeg-decoder decodes it. zune-jpeg's lenient mode alone would fill
 /// damaged scans with grey; jpeg-decoder alone refuses some harmless oddities (extra bytes
-/// between headers, short APP14). Over the 165 JPEGs of the robustness set this rule agrees
-/// with libjpeg-turbo (Pillow) on all but eight files, seven of them refusals of damaged
-/// scans that libjpeg-turbo decodes with a warning (see the robustness table).
+/// between headers, short APP14). Over the 170 JPEG/MPO files of the robustness set (with
+/// greyscale converted) this rule agrees with libjpeg-turbo (Pillow) on all but eight: seven
+/// it refuses where libjpeg-turbo decodes through the damage (broken scans, an undefined
+/// quantisation table, an invalid Adobe transform), one it accepts that libjpeg-turbo
+/// refuses (see the robustness table).
 fn decode_jpeg(
     bytes: &[u8],
     opts: &DecodeOptions,
