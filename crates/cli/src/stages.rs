@@ -66,7 +66,7 @@ impl Stage for Ingest {
     fn run(&self, decl: &StageDecl, ctx: &Context, _inputs: &[Input]) -> Result<String> {
         let cfg: geoloc_ingest::Config = parse_config(decl)?;
         let s = geoloc_ingest::run(&cfg, ctx)?;
-        Ok(format_ingest_summary(&s))
+        Ok(s.line())
     }
     fn finalize(
         &self,
@@ -138,27 +138,4 @@ impl Stage for Preprocess {
         geoloc_preprocess::open(dir).context("images dataset")?;
         Ok(())
     }
-}
-
-/// One line for logs and the CLI.
-pub fn format_ingest_summary(s: &geoloc_ingest::Summary) -> String {
-    let kv = |m: &std::collections::BTreeMap<String, u64>| {
-        if m.is_empty() {
-            "none".to_string()
-        } else {
-            m.iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        }
-    };
-    format!(
-        "{} rows read, {} written (splits: {}); rejected: {}; filtered: {}; classes: [{}]",
-        s.rows_read,
-        s.rows_written,
-        kv(&s.splits),
-        kv(&s.rejects),
-        kv(&s.filtered),
-        s.classes.join(", ")
-    )
 }

@@ -80,6 +80,31 @@ pub struct Summary {
     pub seconds: f64,
 }
 
+impl Summary {
+    /// One line for logs and the CLI.
+    pub fn line(&self) -> String {
+        let kv = |m: &BTreeMap<String, u64>| {
+            if m.is_empty() {
+                "none".to_string()
+            } else {
+                m.iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            }
+        };
+        format!(
+            "{} rows read, {} written (splits: {}); rejected: {}; filtered: {}; classes: [{}]",
+            self.rows_read,
+            self.rows_written,
+            kv(&self.splits),
+            kv(&self.rejects),
+            kv(&self.filtered),
+            self.classes.join(", ")
+        )
+    }
+}
+
 /// The fingerprint of an ingest instance: its config and its source files' sizes and
 /// modification times.
 pub fn fingerprint(cfg: &Config, ctx: &Context) -> Result<String, Error> {

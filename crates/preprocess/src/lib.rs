@@ -86,8 +86,6 @@ pub enum Error {
     Core(#[from] geoloc_core::Error),
     #[error("preprocess config: {0}")]
     Config(String),
-    #[error("{0}")]
-    Input(String),
 }
 
 /// What one run (one shard) did.
