@@ -3,6 +3,9 @@
 //! throughput -- vgg16|googlenet BATCH REPS`. Prints images/s (median of REPS after a warm-up);
 //! compare with the peers' `featurize_torch.py random T --models ... --batches BATCH`.
 use candle_core::{DType, Device, Tensor};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use geoloc_models::googlenet::{GoogLeNet, GoogLeNetConfig, GoogLeNetLayer};
 use geoloc_models::vgg::{Vgg, VggConfig, VggLayer};
 use geoloc_models::weights::WeightMap;

@@ -21,9 +21,10 @@
 //! `aux2`) are untrained in torchvision's file and ignored. candle has no ceil-mode max-pool:
 //! the input is padded by replicating its edges, which is exact for a maximum.
 
+use crate::conv::{Activation, Conv, PadMode, Padding};
 use crate::weights::{WeightMap, WeightsError};
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, Linear};
+use candle_nn::Linear;
 
 /// The layer a forward pass stops at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -104,7 +105,7 @@ impl GoogLeNetConfig {
 }
 
 /// A convolution with its BatchNorm folded in, then ReLU.
-struct BasicConv(Conv2d);
+struct BasicConv(Conv);
 
 impl BasicConv {
     fn load(
@@ -129,19 +130,14 @@ impl BasicConv {
             Ok((w, b))
         };
         let (wf, bf) = fold().ok()?;
-        Some(BasicConv(Conv2d::new(
-            wf,
-            Some(bf),
-            Conv2dConfig {
-                padding,
-                stride,
-                ..Default::default()
-            },
-        )))
+        let pad = PadMode::Fixed(Padding::same_all(padding));
+        Conv::new(wf, Some(bf), stride, pad, false, Activation::Relu)
+            .ok()
+            .map(BasicConv)
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.0.forward(x)?.relu()
+        self.0.forward(x)
     }
 }
 

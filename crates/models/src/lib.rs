@@ -9,6 +9,7 @@
 //! Architecture invariant: no datasets, no stage: tensors in, tensors out.
 
 pub mod checkpoint;
+pub mod conv;
 pub mod googlenet;
 pub mod vgg;
 pub mod weights;

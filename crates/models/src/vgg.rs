@@ -14,9 +14,10 @@
 //! Input: `[N, 3, H, W]` f32, already normalised the way the weights expect (torchvision:
 //! RGB / 255, ImageNet mean and std). Dropout is the identity at inference.
 
+use crate::conv::{Activation, Conv, PadMode, Padding};
 use crate::weights::{WeightMap, WeightsError};
 use candle_core::{Module, Result, Tensor, D};
-use candle_nn::{Conv2d, Conv2dConfig, Linear};
+use candle_nn::Linear;
 
 /// The layer a forward pass stops at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -98,7 +99,7 @@ impl VggConfig {
 }
 
 enum Stage {
-    Conv(Conv2d),
+    Conv(Conv),
     Pool,
 }
 
@@ -131,16 +132,21 @@ impl Vgg {
                 Some(c) => {
                     let weight = w.get(&format!("features.{index}.weight"), &[*c, cin, 3, 3]);
                     let bias = w.get(&format!("features.{index}.bias"), &[*c]);
-                    match (weight, bias) {
-                        (Some(wt), Some(b)) => stages.push(Stage::Conv(Conv2d::new(
+                    let conv = match (weight, bias) {
+                        (Some(wt), Some(b)) => Conv::new(
                             wt,
                             Some(b),
-                            Conv2dConfig {
-                                padding: 1,
-                                ..Default::default()
-                            },
-                        ))),
-                        _ => complete = false,
+                            1,
+                            PadMode::Fixed(Padding::same_all(1)),
+                            false,
+                            Activation::Relu,
+                        )
+                        .ok(),
+                        _ => None,
+                    };
+                    match conv {
+                        Some(c) => stages.push(Stage::Conv(c)),
+                        None => complete = false,
                     }
                     cin = *c;
                     index += 2;
@@ -173,7 +179,7 @@ impl Vgg {
         let mut x = x.clone();
         for s in &self.stages {
             x = match s {
-                Stage::Conv(c) => c.forward(&x)?.relu()?,
+                Stage::Conv(c) => c.forward(&x)?,
                 Stage::Pool => x.max_pool2d(2)?,
             };
         }

@@ -1,0 +1,616 @@
+//! The convolution every backbone uses: dense or depthwise, symmetric or TensorFlow-style
+//! asymmetric zero padding, bias and activation fused.
+//!
+//! On the CPU with f32 it runs its own kernels, because candle 0.11's CPU convolution copies
+//! its im2col single-threaded (upstream issue 3119) and runs grouped convolutions as one
+//! convolution per group plus a concatenation: here im2col is done per image on rayon's
+//! pool, each image's product is one `gemm` call (the crate candle's matmul uses, with its
+//! AVX-512 kernels enabled), 1x1 stride-1 convolutions skip im2col, the bias is the product's
+//! initial value and the activation is applied in place; depthwise convolutions are a direct
+//! loop over each channel's plane. On other devices or dtypes it runs candle's operations
+//! (pad, `conv2d`, add, activation), which give the same values.
+
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// The activation applied after the bias.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    None,
+    Relu,
+    /// min(max(x, 0), 6): EfficientNet-Lite's.
+    Relu6,
+}
+
+impl Activation {
+    #[inline]
+    fn apply(self, v: f32) -> f32 {
+        match self {
+            Activation::None => v,
+            Activation::Relu => v.max(0.0),
+            Activation::Relu6 => v.clamp(0.0, 6.0),
+        }
+    }
+
+    fn tensor(self, x: Tensor) -> Result<Tensor> {
+        match self {
+            Activation::None => Ok(x),
+            Activation::Relu => x.relu(),
+            Activation::Relu6 => x.clamp(0f32, 6f32),
+        }
+    }
+}
+
+/// Zero padding per side: top, bottom, left, right.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Padding {
+    pub top: usize,
+    pub bottom: usize,
+    pub left: usize,
+    pub right: usize,
+}
+
+impl Padding {
+    /// `p` on every side (PyTorch's `padding=p`).
+    pub fn same_all(p: usize) -> Self {
+        Padding {
+            top: p,
+            bottom: p,
+            left: p,
+            right: p,
+        }
+    }
+
+    /// TensorFlow's `SAME` padding for an `h x w` input (what EfficientNet's
+    /// `Conv2dStaticSamePadding` computes): output `ceil(n / s)`, the odd pixel of padding
+    /// on the bottom/right.
+    pub fn tf_same(h: usize, w: usize, k: usize, s: usize) -> Self {
+        let total = |n: usize| ((n.div_ceil(s) - 1) * s + k).saturating_sub(n);
+        let (ph, pw) = (total(h), total(w));
+        Padding {
+            top: ph / 2,
+            bottom: ph - ph / 2,
+            left: pw / 2,
+            right: pw - pw / 2,
+        }
+    }
+}
+
+/// How a [`Conv`] pads its input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PadMode {
+    Fixed(Padding),
+    /// TensorFlow `SAME`, computed from each input's size.
+    TfSame,
+}
+
+/// A 2-D convolution (dense, or depthwise when `depthwise`), with bias and activation.
+#[derive(Debug, Clone)]
+pub struct Conv {
+    /// `[out, in, k, k]`, or `[channels, 1, k, k]` when depthwise.
+    weight: Tensor,
+    bias: Option<Tensor>,
+    /// The weight as `[out, in * k * k]` row-major f32, and the bias: the CPU kernels' copy.
+    packed: Option<(Vec<f32>, Vec<f32>)>,
+    k: usize,
+    stride: usize,
+    pad: PadMode,
+    depthwise: bool,
+    act: Activation,
+}
+
+impl Conv {
+    /// Wraps a weight `[out, in, k, k]` (square kernels) and an optional bias `[out]`.
+    pub fn new(
+        weight: Tensor,
+        bias: Option<Tensor>,
+        stride: usize,
+        pad: PadMode,
+        depthwise: bool,
+        act: Activation,
+    ) -> Result<Self> {
+        let (cout, cin, kh, kw) = weight.dims4()?;
+        if kh != kw {
+            candle_core::bail!("square kernels only, got {kh}x{kw}");
+        }
+        if depthwise && cin != 1 {
+            candle_core::bail!("a depthwise weight is [channels, 1, k, k], got {cin} inputs");
+        }
+        let packed = if weight.device().is_cpu() && weight.dtype() == DType::F32 {
+            let w = weight.flatten_all()?.to_vec1::<f32>()?;
+            let b = match &bias {
+                Some(b) => b.to_vec1::<f32>()?,
+                None => vec![0.0; cout],
+            };
+            Some((w, b))
+        } else {
+            None
+        };
+        Ok(Conv {
+            weight,
+            bias,
+            packed,
+            k: kh,
+            stride,
+            pad,
+            depthwise,
+            act,
+        })
+    }
+
+    fn padding(&self, h: usize, w: usize) -> Padding {
+        match self.pad {
+            PadMode::Fixed(p) => p,
+            PadMode::TfSame => Padding::tf_same(h, w, self.k, self.stride),
+        }
+    }
+
+    /// candle's operations: any device and dtype.
+    fn forward_candle(&self, x: &Tensor) -> Result<Tensor> {
+        let (_, c, h, w) = x.dims4()?;
+        let p = self.padding(h, w);
+        let x = x
+            .pad_with_zeros(2, p.top, p.bottom)?
+            .pad_with_zeros(3, p.left, p.right)?;
+        let groups = if self.depthwise { c } else { 1 };
+        let y = x.conv2d(&self.weight, 0, self.stride, 1, groups)?;
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?)?,
+            None => y,
+        };
+        self.act.tensor(y)
+    }
+}
+
+impl Module for Conv {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.packed {
+            Some((w, b)) if x.device().is_cpu() && x.dtype() == DType::F32 => {
+                let (_, _, h, wd) = x.dims4()?;
+                let cout = self.weight.dim(0)?;
+                x.apply_op1_no_bwd(&CpuConv {
+                    weight: w,
+                    bias: b,
+                    cout,
+                    k: self.k,
+                    stride: self.stride,
+                    pad: self.padding(h, wd),
+                    depthwise: self.depthwise,
+                    act: self.act,
+                })
+            }
+            _ => self.forward_candle(x),
+        }
+    }
+}
+
+/// Target size of one band of im2col columns.
+const BAND_BYTES: usize = 2 << 20;
+
+thread_local! {
+    /// Each thread's im2col buffer, kept between calls.
+    static COLS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+struct CpuConv<'a> {
+    weight: &'a [f32],
+    bias: &'a [f32],
+    cout: usize,
+    k: usize,
+    stride: usize,
+    pad: Padding,
+    depthwise: bool,
+    act: Activation,
+}
+
+impl CpuConv<'_> {
+    fn out_size(&self, h: usize, w: usize) -> (usize, usize) {
+        let oh = (h + self.pad.top + self.pad.bottom - self.k) / self.stride + 1;
+        let ow = (w + self.pad.left + self.pad.right - self.k) / self.stride + 1;
+        (oh, ow)
+    }
+
+    /// Writes the columns of output rows `rows` of one image: `[c, k*k, rows.len() * ow]`
+    /// (zeros where the window lies in the padding).
+    fn im2col(
+        &self,
+        x: &[f32],
+        (c, h, w): (usize, usize, usize),
+        rows: std::ops::Range<usize>,
+        cols: &mut [f32],
+    ) {
+        let (_, ow) = self.out_size(h, w);
+        let (k, s) = (self.k, self.stride);
+        let n = rows.len() * ow;
+        let pt = self.pad.top as isize;
+        for ci in 0..c {
+            let plane = &x[ci * h * w..(ci + 1) * h * w];
+            for ki in 0..k {
+                for kj in 0..k {
+                    let row = ((ci * k + ki) * k + kj) * n;
+                    let dst = &mut cols[row..row + n];
+                    // ox range whose input column ix = ox*s + kj - left lies in [0, w).
+                    let off = kj as isize - self.pad.left as isize;
+                    let lo = if off >= 0 {
+                        0
+                    } else {
+                        ((-off) as usize).div_ceil(s)
+                    };
+                    let hi = if (w as isize) - off <= 0 {
+                        0
+                    } else {
+                        ((w as isize - off) as usize).div_ceil(s).min(ow)
+                    };
+                    let lo = lo.min(hi);
+                    for (r, oy) in rows.clone().enumerate() {
+                        let iy = (oy * s) as isize + ki as isize - pt;
+                        let out = &mut dst[r * ow..(r + 1) * ow];
+                        if iy < 0 || iy >= h as isize {
+                            out.fill(0.0);
+                            continue;
+                        }
+                        let src = &plane[iy as usize * w..(iy as usize + 1) * w];
+                        out[..lo].fill(0.0);
+                        out[hi..].fill(0.0);
+                        if s == 1 {
+                            let start = (lo as isize + off) as usize;
+                            out[lo..hi].copy_from_slice(&src[start..start + (hi - lo)]);
+                        } else {
+                            for (ox, o) in out[lo..hi].iter_mut().enumerate() {
+                                *o = src[(ox + lo) * s + kj - self.pad.left];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// One image of a dense convolution: `y[cout, oh*ow] = W @ cols + bias`, activated.
+    /// The columns are built a band of output rows at a time (about [`BAND_BYTES`]), so
+    /// they are still in cache when the product reads them and the buffer stays small.
+    fn dense_image(
+        &self,
+        x: &[f32],
+        (c, h, w): (usize, usize, usize),
+        y: &mut [f32],
+        par: gemm::Parallelism,
+    ) {
+        let (oh, ow) = self.out_size(h, w);
+        let n = oh * ow;
+        let kdim = c * self.k * self.k;
+        for (o, row) in y.chunks_exact_mut(n).enumerate() {
+            row.fill(self.bias[o]);
+        }
+        let direct = self.k == 1 && self.stride == 1 && self.pad == Padding::same_all(0);
+        if direct {
+            // SAFETY: y is [cout, n], weight [cout, kdim], x [kdim, n], all row-major.
+            unsafe { self.gemm(y.as_mut_ptr(), n, x.as_ptr(), n, n, kdim, par) };
+        } else {
+            let band = (BAND_BYTES / (4 * kdim * ow)).clamp(1, oh);
+            COLS.with(|cols| {
+                let mut cols = cols.borrow_mut();
+                let need = kdim * band * ow;
+                if cols.len() < need {
+                    cols.resize(need, 0.0);
+                }
+                let mut r0 = 0;
+                while r0 < oh {
+                    let r1 = (r0 + band).min(oh);
+                    let nb = (r1 - r0) * ow;
+                    self.im2col(x, (c, h, w), r0..r1, &mut cols[..kdim * nb]);
+                    // SAFETY: the destination is the [cout, nb] block of y starting at
+                    // column r0*ow (row stride n), cols is [kdim, nb].
+                    unsafe {
+                        self.gemm(
+                            y.as_mut_ptr().add(r0 * ow),
+                            n,
+                            cols.as_ptr(),
+                            nb,
+                            nb,
+                            kdim,
+                            par,
+                        )
+                    };
+                    r0 = r1;
+                }
+            });
+        }
+        if self.act != Activation::None {
+            let act = self.act;
+            y.iter_mut().for_each(|v| *v = act.apply(*v));
+        }
+    }
+
+    /// `dst[cout, n] += weight[cout, kdim] @ rhs[kdim, n]`, row-major with the given row
+    /// strides.
+    ///
+    /// # Safety
+    /// `dst` and `rhs` must hold the matrices their strides describe.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn gemm(
+        &self,
+        dst: *mut f32,
+        dst_rs: usize,
+        rhs: *const f32,
+        rhs_rs: usize,
+        n: usize,
+        kdim: usize,
+        par: gemm::Parallelism,
+    ) {
+        // SAFETY: forwarded from the caller; the weight is [cout, kdim] row-major.
+        unsafe {
+            gemm::gemm(
+                self.cout,
+                n,
+                kdim,
+                dst,
+                1,
+                dst_rs as isize,
+                true,
+                self.weight.as_ptr(),
+                1,
+                kdim as isize,
+                rhs,
+                1,
+                rhs_rs as isize,
+                1.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                par,
+            )
+        }
+    }
+
+    /// One channel plane of a depthwise convolution.
+    fn depthwise_plane(&self, x: &[f32], h: usize, w: usize, ch: usize, y: &mut [f32]) {
+        let (oh, ow) = self.out_size(h, w);
+        let (k, s) = (self.k, self.stride);
+        let (ph, pw) = (
+            h + self.pad.top + self.pad.bottom,
+            w + self.pad.left + self.pad.right,
+        );
+        // The plane with its padding, so the inner loops have no bounds to check.
+        let mut padded = vec![0.0f32; ph * pw];
+        for iy in 0..h {
+            let d = (iy + self.pad.top) * pw + self.pad.left;
+            padded[d..d + w].copy_from_slice(&x[iy * w..(iy + 1) * w]);
+        }
+        let wk = &self.weight[ch * k * k..(ch + 1) * k * k];
+        y.fill(self.bias[ch]);
+        for oy in 0..oh {
+            let out = &mut y[oy * ow..(oy + 1) * ow];
+            for ki in 0..k {
+                let src = &padded[(oy * s + ki) * pw..(oy * s + ki + 1) * pw];
+                for kj in 0..k {
+                    let wv = wk[ki * k + kj];
+                    if s == 1 {
+                        for (o, v) in out.iter_mut().zip(&src[kj..kj + ow]) {
+                            *o += wv * v;
+                        }
+                    } else {
+                        for (ox, o) in out.iter_mut().enumerate() {
+                            *o += wv * src[ox * s + kj];
+                        }
+                    }
+                }
+            }
+        }
+        if self.act != Activation::None {
+            let act = self.act;
+            y.iter_mut().for_each(|v| *v = act.apply(*v));
+        }
+    }
+}
+
+impl CustomOp1 for CpuConv<'_> {
+    fn name(&self) -> &'static str {
+        "geoloc-conv2d"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (b, c, h, w) = layout.shape().dims4()?;
+        let x = match (storage, layout.contiguous_offsets()) {
+            (CpuStorage::F32(v), Some((start, end))) => &v[start..end],
+            (CpuStorage::F32(_), None) => candle_core::bail!("conv input must be contiguous"),
+            _ => candle_core::bail!("the CPU convolution takes f32"),
+        };
+        let (pad_h, pad_w) = (
+            self.pad.top + self.pad.bottom,
+            self.pad.left + self.pad.right,
+        );
+        if h + pad_h < self.k || w + pad_w < self.k {
+            candle_core::bail!("input {h}x{w} smaller than the {0}x{0} kernel", self.k);
+        }
+        let (oh, ow) = self.out_size(h, w);
+        let plane_in = c * h * w;
+        let plane_out = self.cout * oh * ow;
+        let mut y = vec![0.0f32; b * plane_out];
+        if self.depthwise {
+            if c != self.cout {
+                candle_core::bail!("depthwise weight for {} channels, input has {c}", self.cout);
+            }
+            y.par_chunks_mut(oh * ow).enumerate().for_each(|(i, out)| {
+                let (img, ch) = (i / c, i % c);
+                let src = &x[img * plane_in + ch * h * w..img * plane_in + (ch + 1) * h * w];
+                self.depthwise_plane(src, h, w, ch, out);
+            });
+        } else {
+            if c * self.k * self.k != self.weight.len() / self.cout {
+                candle_core::bail!(
+                    "weight for {} input channels, input has {c}",
+                    self.weight.len() / self.cout / self.k / self.k
+                );
+            }
+            let threads = rayon::current_num_threads();
+            if b >= threads {
+                // Images in parallel, one single-threaded product each.
+                y.par_chunks_mut(plane_out)
+                    .zip(x.par_chunks(plane_in))
+                    .for_each(|(out, src)| {
+                        self.dense_image(src, (c, h, w), out, gemm::Parallelism::None)
+                    });
+            } else {
+                for (out, src) in y.chunks_mut(plane_out).zip(x.chunks(plane_in)) {
+                    self.dense_image(src, (c, h, w), out, gemm::Parallelism::Rayon(threads));
+                }
+            }
+        }
+        Ok((CpuStorage::F32(y), Shape::from((b, self.cout, oh, ow))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn seq(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+            })
+            .collect()
+    }
+
+    /// The CPU kernels agree with candle's operations (the path other devices take) on
+    /// every kind of convolution the backbones use, including odd sizes and asymmetric pads.
+    #[test]
+    fn cpu_kernels_match_candle() -> Result<()> {
+        let dev = Device::Cpu;
+        let cases = [
+            // (batch, cin, cout, h, w, k, stride, pad, depthwise, act)
+            (
+                3,
+                4,
+                5,
+                9,
+                7,
+                3,
+                1,
+                PadMode::Fixed(Padding::same_all(1)),
+                false,
+                Activation::Relu,
+            ),
+            (
+                2,
+                3,
+                6,
+                11,
+                10,
+                7,
+                2,
+                PadMode::Fixed(Padding::same_all(3)),
+                false,
+                Activation::None,
+            ),
+            (
+                1,
+                8,
+                4,
+                5,
+                6,
+                1,
+                1,
+                PadMode::Fixed(Padding::same_all(0)),
+                false,
+                Activation::Relu6,
+            ),
+            (
+                2,
+                3,
+                8,
+                13,
+                12,
+                3,
+                2,
+                PadMode::TfSame,
+                false,
+                Activation::Relu6,
+            ),
+            (
+                2,
+                6,
+                6,
+                9,
+                8,
+                3,
+                1,
+                PadMode::TfSame,
+                true,
+                Activation::Relu6,
+            ),
+            (
+                3,
+                5,
+                5,
+                11,
+                9,
+                5,
+                2,
+                PadMode::TfSame,
+                true,
+                Activation::None,
+            ),
+            (1, 4, 4, 7, 7, 3, 2, PadMode::TfSame, true, Activation::Relu),
+        ];
+        for (b, cin, cout, h, w, k, s, pad, dw, act) in cases {
+            let wshape = if dw {
+                (cout, 1, k, k)
+            } else {
+                (cout, cin, k, k)
+            };
+            let n = wshape.0 * wshape.1 * k * k;
+            let weight = Tensor::from_vec(seq(n, 1), wshape, &dev)?;
+            let bias = Tensor::from_vec(seq(cout, 2), cout, &dev)?;
+            let x = Tensor::from_vec(seq(b * cin * h * w, 3), (b, cin, h, w), &dev)?;
+            let conv = Conv::new(weight, Some(bias), s, pad, dw, act)?;
+            let fast = conv.forward(&x)?;
+            let slow = conv.forward_candle(&x)?;
+            assert_eq!(
+                fast.dims(),
+                slow.dims(),
+                "case {b} {cin} {cout} {h} {w} {k} {s}"
+            );
+            let err = (fast - slow)?
+                .abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_scalar::<f32>()?;
+            assert!(err < 1e-5, "case k{k} s{s} dw{dw}: max error {err}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn tf_same_padding_matches_tensorflow() {
+        // 224 -> 112 with a 3x3 stride-2 kernel: one pixel, at the bottom/right.
+        assert_eq!(
+            Padding::tf_same(224, 224, 3, 2),
+            Padding {
+                top: 0,
+                bottom: 1,
+                left: 0,
+                right: 1
+            }
+        );
+        // 5x5 stride 2 on 56: output 28, total 3 -> 1 top, 2 bottom.
+        assert_eq!(
+            Padding::tf_same(56, 56, 5, 2),
+            Padding {
+                top: 1,
+                bottom: 2,
+                left: 1,
+                right: 2
+            }
+        );
+        // Stride 1 keeps the size: k - 1 split evenly.
+        assert_eq!(Padding::tf_same(14, 14, 5, 1), Padding::same_all(2));
+    }
+}
