@@ -54,3 +54,29 @@ pub fn shared_dir(manifest_dir: &str) -> Option<PathBuf> {
     eprintln!("SKIP: {msg}");
     None
 }
+
+/// Where `cargo xtask fetch-lite0` puts the EfficientNet-Lite0 checkpoint, relative to the
+/// workspace root.
+pub const LITE0_PATH: &str = "data/weights/efficientnet-lite0.pth";
+
+/// The real EfficientNet-Lite0 checkpoint (`$GEOLOC_LITE0`, else [`LITE0_PATH`] under the
+/// workspace root), or `None` (after printing why and how to get it) when it is absent and
+/// not required. Panics when absent and `GEOLOC_REQUIRE_SHARED=1`.
+pub fn lite0_checkpoint(manifest_dir: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("GEOLOC_LITE0")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root(Path::new(manifest_dir)).join(LITE0_PATH));
+    if path.is_file() {
+        return Some(path);
+    }
+    let msg = format!(
+        "EfficientNet-Lite0 checkpoint not found at {} (run `cargo xtask fetch-lite0`, or set \
+         GEOLOC_LITE0)",
+        path.display()
+    );
+    if std::env::var(REQUIRE_VAR).is_ok_and(|v| v == "1") {
+        panic!("{msg}, and {REQUIRE_VAR}=1 requires it");
+    }
+    eprintln!("SKIP: {msg}");
+    None
+}

@@ -1,11 +1,12 @@
 //! Forward throughput of the backbones on random weights and inputs (the cost does not depend
 //! on the values): `RAYON_NUM_THREADS=T cargo run --release -p geoloc-models --example
-//! throughput -- vgg16|googlenet BATCH REPS`. Prints images/s (median of REPS after a warm-up);
+//! throughput -- vgg16|googlenet|lite0 BATCH REPS`. Prints images/s (median of REPS after a warm-up);
 //! compare with the peers' `featurize_torch.py random T --models ... --batches BATCH`.
 use candle_core::{DType, Device, Tensor};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+use geoloc_models::efficientnet::{EfficientNetLite, LiteConfig, LiteLayer};
 use geoloc_models::googlenet::{GoogLeNet, GoogLeNetConfig, GoogLeNetLayer};
 use geoloc_models::vgg::{Vgg, VggConfig, VggLayer};
 use geoloc_models::weights::WeightMap;
@@ -64,6 +65,17 @@ fn main() {
             )
             .expect("vgg16");
             Box::new(move || m.forward(&x, VggLayer::Logits).expect("forward"))
+        }
+        "lite0" => {
+            // The real checkpoint (cargo xtask fetch-lite0): the peer runs it too.
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../..")
+                .join("data/weights/efficientnet-lite0.pth");
+            let ck = geoloc_models::checkpoint::load(&path, None).expect("lite0 checkpoint");
+            let m =
+                EfficientNetLite::load(WeightMap::new(ck.tensors, DType::F32), LiteConfig::lite0())
+                    .expect("lite0");
+            Box::new(move || m.forward(&x, LiteLayer::Logits).expect("forward"))
         }
         _ => {
             let m = GoogLeNet::load(

@@ -10,6 +10,7 @@
 
 pub mod checkpoint;
 pub mod conv;
+pub mod efficientnet;
 pub mod googlenet;
 pub mod vgg;
 pub mod weights;
