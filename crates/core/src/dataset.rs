@@ -124,6 +124,10 @@ pub struct PartSidecar {
     /// Column name -> checksum (hex of the wrapping sum of per-row xxh3-128).
     pub columns: BTreeMap<String, String>,
     pub seconds: f64,
+    /// Set by writers opened with [`DatasetWriter::resume`]: the key under which the part may
+    /// be kept by a later run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_key: Option<String>,
 }
 
 /// The marker a shard writes once all of its parts are in place.
@@ -310,6 +314,7 @@ pub struct DatasetWriter {
     done: Vec<PartSidecar>,
     started: Instant,
     key_idx: Vec<usize>,
+    resume_key: Option<String>,
 }
 
 impl DatasetWriter {
@@ -338,6 +343,16 @@ impl DatasetWriter {
             }
             let _ = parsed.temp;
         }
+        Self::create_in_place(dir, schema, shard, opts)
+    }
+
+    /// The writer over a directory already cleaned for this shard.
+    fn create_in_place(
+        dir: &Path,
+        schema: DatasetSchema,
+        shard: Shard,
+        opts: WriterOptions,
+    ) -> Result<Self> {
         let key_idx = schema
             .key
             .iter()
@@ -358,7 +373,71 @@ impl DatasetWriter {
             done: Vec::new(),
             started: Instant::now(),
             key_idx,
+            resume_key: None,
         })
+    }
+
+    /// Like [`DatasetWriter::create`], but keeps the parts this shard already wrote under the
+    /// same `resume_key` (a stage passes its fingerprint): the longest run of parts from
+    /// sequence 0 whose sidecar, part file (of the recorded size) and rejects file are all in
+    /// place. Everything else of this shard (later parts, temporaries, the marker) is removed.
+    /// Returns the writer, which continues after the kept parts, and the rows they hold, so
+    /// a stage whose output rows follow a fixed input order can skip that many inputs.
+    pub fn resume(
+        dir: &Path,
+        schema: DatasetSchema,
+        shard: Shard,
+        opts: WriterOptions,
+        resume_key: &str,
+    ) -> Result<(Self, u64)> {
+        fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let mut kept = Vec::new();
+        for seq in 0.. {
+            let st = stem(shard, seq);
+            let sidecar: PartSidecar = match fs::read(dir.join(format!("part-{st}.json")))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+            {
+                Some(s) => s,
+                None => break,
+            };
+            let size = fs::metadata(dir.join(&sidecar.file)).map(|m| m.len()).ok();
+            if sidecar.resume_key.as_deref() != Some(resume_key)
+                || size != Some(sidecar.bytes)
+                || !dir.join(&sidecar.rejects_file).is_file()
+            {
+                break;
+            }
+            kept.push(sidecar);
+        }
+        let keep: std::collections::HashSet<String> = kept
+            .iter()
+            .flat_map(|p| {
+                let json = format!("{}.json", p.file.rsplit_once('.').map_or(&*p.file, |x| x.0));
+                [p.file.clone(), p.rejects_file.clone(), json]
+            })
+            .collect();
+        remove_if_exists(&dir.join(MANIFEST))?;
+        remove_if_exists(&tmp_path(dir, MANIFEST))?;
+        for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+            let entry = entry.map_err(|e| Error::io(dir, e))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let Some(parsed) = parse_name(name) else {
+                continue;
+            };
+            let other_count = parsed.count != shard.count;
+            let mine = parsed.count == shard.count && parsed.shard == shard.index;
+            if other_count || (mine && !keep.contains(name)) {
+                remove_if_exists(&entry.path())?;
+            }
+        }
+        let rows = kept.iter().map(|p| p.rows).sum();
+        let mut w = Self::create_in_place(dir, schema, shard, opts)?;
+        w.next_seq = kept.len() as u32;
+        w.done = kept;
+        w.resume_key = Some(resume_key.to_owned());
+        Ok((w, rows))
     }
 
     /// The directory being written.
@@ -515,6 +594,7 @@ impl DatasetWriter {
             rejects: rejects.len() as u64,
             columns,
             seconds: part.started.elapsed().as_secs_f64(),
+            resume_key: self.resume_key.clone(),
         };
         write_json_atomic(&self.dir, &format!("part-{st}.json"), &sidecar)?;
         self.done.push(sidecar);
@@ -1035,6 +1115,75 @@ mod tests {
             Arc::new(Int32Array::from(labels.to_vec())),
         ];
         RecordBatch::try_new(s.arrow, cols).unwrap()
+    }
+
+    /// A shard killed after two closed parts (and a third half written) resumes with those
+    /// two kept and their rows counted; the committed result equals an uninterrupted run.
+    /// Another key keeps nothing.
+    #[test]
+    fn resume_keeps_closed_parts_under_the_same_key() {
+        let ids: Vec<String> = (0..30).map(|i| format!("r{i:02}")).collect();
+        let rows = |r: std::ops::Range<usize>| {
+            let v: Vec<&str> = ids[r].iter().map(String::as_str).collect();
+            batch(&v, &vec![Some(1); v.len()])
+        };
+        // Tiny cap: every batch of 10 rows closes its part.
+        let opts = WriterOptions {
+            part_cap_bytes: 1,
+            ..Default::default()
+        };
+        let shard = Shard::new(0, 1).unwrap();
+        let whole = tempfile::tempdir().unwrap();
+        let (mut w, done) =
+            DatasetWriter::resume(whole.path(), schema::samples(), shard, opts.clone(), "k")
+                .unwrap();
+        assert_eq!(done, 0);
+        for r in [0..10, 10..20, 20..30] {
+            w.write(&rows(r)).unwrap();
+        }
+        w.finish(serde_json::Value::Null).unwrap();
+        let want = finalize(whole.path(), &schema::samples(), 1, ManifestInfo::default()).unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, _) =
+            DatasetWriter::resume(dir.path(), schema::samples(), shard, opts.clone(), "k").unwrap();
+        w.write(&rows(0..10)).unwrap();
+        w.write(&rows(10..20)).unwrap();
+        // The "kill": a third part half written (its temporary only), no marker.
+        std::fs::write(
+            dir.path().join(".part-00000-of-00001-0002.parquet.tmp"),
+            b"half",
+        )
+        .unwrap();
+        std::mem::forget(w);
+        let (w2, done) =
+            DatasetWriter::resume(dir.path(), schema::samples(), shard, opts.clone(), "other")
+                .unwrap();
+        assert_eq!(done, 0, "another key keeps nothing");
+        drop(w2);
+        // Start over under "k", kill again after two parts, then resume under "k".
+        let (mut w, _) =
+            DatasetWriter::resume(dir.path(), schema::samples(), shard, opts.clone(), "k").unwrap();
+        w.write(&rows(0..10)).unwrap();
+        w.write(&rows(10..20)).unwrap();
+        std::mem::forget(w);
+        let (mut w, done) =
+            DatasetWriter::resume(dir.path(), schema::samples(), shard, opts, "k").unwrap();
+        assert_eq!(done, 20);
+        assert!(!dir
+            .path()
+            .join(".part-00000-of-00001-0002.parquet.tmp")
+            .exists());
+        w.write(&rows(20..30)).unwrap();
+        w.finish(serde_json::Value::Null).unwrap();
+        let got = finalize(dir.path(), &schema::samples(), 1, ManifestInfo::default()).unwrap();
+        assert_eq!(got.rows, 30);
+        assert_eq!(got.columns, want.columns);
+        assert_eq!(got.parts.len(), 3);
+        Dataset::open(dir.path(), &schema::samples())
+            .unwrap()
+            .verify()
+            .unwrap();
     }
 
     fn write_shards(dir: &Path, shards: u32, rows: &[(&str, Option<i32>)]) -> Manifest {

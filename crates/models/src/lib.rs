@@ -8,6 +8,7 @@
 //!
 //! Architecture invariant: no datasets, no stage: tensors in, tensors out.
 
+pub mod backbone;
 pub mod checkpoint;
 pub mod conv;
 pub mod efficientnet;

@@ -3,7 +3,7 @@
 //! never asked for, is collected and reported together, so a wrong or mismatched weights file
 //! gives one error naming each problem.
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Why a weight set does not fit a model. Each list is sorted.
@@ -58,6 +58,9 @@ pub struct WeightMap {
     missing: Vec<String>,
     mismatched: Vec<String>,
     dtype: DType,
+    device: Device,
+    /// Seeded random weights instead of a file's: every requested tensor exists.
+    random: Option<u64>,
 }
 
 impl WeightMap {
@@ -69,12 +72,77 @@ impl WeightMap {
             missing: Vec::new(),
             mismatched: Vec::new(),
             dtype,
+            device: Device::Cpu,
+            random: None,
         }
+    }
+
+    /// Seeded random weights (f32): each tensor's values depend only on the seed and its
+    /// name. Weights of rank >= 2 are uniform in +-1/sqrt(fan_in); BatchNorm scales and
+    /// running variances are 1, biases and running means 0. candle's CPU generator cannot be
+    /// seeded, hence the project's own (splitmix64).
+    pub fn random(seed: u64) -> Self {
+        let mut w = Self::new(std::iter::empty(), DType::F32);
+        w.random = Some(seed);
+        w
+    }
+
+    /// Hands tensors out as `dtype`.
+    pub fn with_dtype(mut self, dtype: DType) -> Self {
+        self.dtype = dtype;
+        self
+    }
+
+    /// Hands tensors out on `device` (CPU by default).
+    pub fn on(mut self, device: &Device) -> Self {
+        self.device = device.clone();
+        self
+    }
+
+    fn random_tensor(seed: u64, name: &str, shape: &[usize]) -> candle_core::Result<Tensor> {
+        let n: usize = shape.iter().product();
+        let last = name.rsplit('.').next().unwrap_or(name);
+        let fill = |v: f32| Tensor::full(v, shape, &Device::Cpu);
+        if shape.len() < 2 {
+            return match last {
+                "running_var" | "weight" => fill(1.0),
+                _ => fill(0.0),
+            };
+        }
+        let fan_in: usize = shape[1..].iter().product();
+        let bound = 1.0 / (fan_in.max(1) as f32).sqrt();
+        // FNV-1a of the name, mixed with the seed, drives a splitmix64 stream.
+        let mut s = name.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100000001b3)
+        }) ^ seed.wrapping_mul(0x9e3779b97f4a7c15);
+        let v: Vec<f32> = (0..n)
+            .map(|_| {
+                s = s.wrapping_add(0x9e3779b97f4a7c15);
+                let mut z = s;
+                z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
+                z ^= z >> 31;
+                ((z >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * bound
+            })
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu)
     }
 
     /// The tensor `name` with shape `shape`; `None` (and a recorded problem) when it is
     /// missing or of another shape.
     pub fn get(&mut self, name: &str, shape: &[usize]) -> Option<Tensor> {
+        if let Some(seed) = self.random {
+            let t = Self::random_tensor(seed, name, shape)
+                .and_then(|t| t.to_device(&self.device))
+                .and_then(|t| t.to_dtype(self.dtype));
+            return match t {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    self.mismatched.push(format!("{name}: {e}"));
+                    None
+                }
+            };
+        }
         let Some(t) = self.tensors.get(name) else {
             self.missing.push(format!("{name} {shape:?}"));
             return None;
@@ -85,7 +153,10 @@ impl WeightMap {
                 .push(format!("{name}: expected {shape:?}, found {:?}", t.dims()));
             return None;
         }
-        match t.to_dtype(self.dtype) {
+        match t
+            .to_device(&self.device)
+            .and_then(|t| t.to_dtype(self.dtype))
+        {
             Ok(t) => Some(t),
             Err(e) => {
                 self.mismatched.push(format!("{name}: {e}"));

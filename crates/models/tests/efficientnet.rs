@@ -92,3 +92,43 @@ fn wrong_checkpoint_for_lite0_names_the_problems() {
         .any(|u| u.starts_with("conv1.conv.weight")));
     assert!(err.to_string().contains("EfficientNet-Lite"));
 }
+
+/// The same through the featurize/predict face: 8-bit crops in, the backbone's own
+/// normalisation (TF-Lite's (x - 127) / 128), pool features out.
+#[test]
+fn lite0_backbone_from_pixels_matches_pytorch() {
+    use geoloc_models::backbone::{Backbone, BackboneKind, BackboneSpec, Layer, WeightsSource};
+    let Some(path) = geoloc_core::fixtures::lite0_checkpoint(env!("CARGO_MANIFEST_DIR")) else {
+        return;
+    };
+    let spec = BackboneSpec {
+        kind: BackboneKind::Lite0,
+        layer: Some(Layer::Pool),
+        normalisation: None,
+        hog: Default::default(),
+    };
+    let bb = Backbone::load(
+        spec,
+        Some(&WeightsSource::File { path, key: None }),
+        &Device::Cpu,
+        DType::F32,
+    )
+    .unwrap();
+    let crops: Vec<Vec<u8>> = (0..4)
+        .map(|i| {
+            image::open(fixture(&format!("lite0_crop{i}.png")))
+                .unwrap()
+                .to_rgb8()
+                .into_raw()
+        })
+        .collect();
+    let refs: Vec<&[u8]> = crops.iter().map(Vec::as_slice).collect();
+    let feats = bb.features(&refs, 224, 224).unwrap();
+    assert_eq!(feats.len(), 4 * 1280);
+    let reference = load(&fixture("lite0_outputs.pth"), None).unwrap();
+    for i in 0..4 {
+        let got = Tensor::from_slice(&feats[i * 1280..(i + 1) * 1280], 1280, &Device::Cpu).unwrap();
+        let err = relative_error(&got, reference.get(&format!("pool{i}")).unwrap());
+        assert!(err < 1e-4, "photo {i}: max error / std = {err:e}");
+    }
+}

@@ -1,0 +1,421 @@
+//! One face for every feature extractor: the CNN backbones (VGG16, GoogLeNet,
+//! EfficientNet-Lite0) and HOG. featurize and predict build a [`Backbone`] from a
+//! [`BackboneSpec`] and a weights source, and turn batches of 8-bit RGB images (HWC, as the
+//! images dataset stores them) into feature rows; the backbone owns the normalisation its
+//! weights expect.
+
+use crate::checkpoint;
+use crate::efficientnet::{EfficientNetLite, LiteConfig, LiteLayer};
+use crate::googlenet::{GoogLeNet, GoogLeNetConfig, GoogLeNetLayer};
+use crate::vgg::{Vgg, VggConfig, VggLayer};
+use crate::weights::{WeightMap, WeightsError};
+use candle_core::{DType, Device, Tensor};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The feature extractors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackboneKind {
+    /// torchvision's VGG16 (the paper's).
+    Vgg16,
+    /// torchvision's GoogLeNet (the paper's).
+    Googlenet,
+    /// EfficientNet-Lite0 (`efficientnet_lite_pytorch`; the demo's, real weights).
+    Lite0,
+    /// Histogram of oriented gradients (the paper's baseline features).
+    Hog,
+}
+
+impl BackboneKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            BackboneKind::Vgg16 => "vgg16",
+            BackboneKind::Googlenet => "googlenet",
+            BackboneKind::Lite0 => "lite0",
+            BackboneKind::Hog => "hog",
+        }
+    }
+}
+
+/// Where a CNN stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Layer {
+    /// The 1000 class scores before the softmax ("the input to the final softmax", the
+    /// paper's features).
+    Logits,
+    /// VGG16's second fully connected layer after its ReLU (4096).
+    Fc7,
+    /// VGG16's adaptive-pooled convolutional output, flattened (25088).
+    Pool5,
+    /// GoogLeNet's (1024) or Lite0's (1280) global average pool.
+    Pool,
+}
+
+/// How 8-bit RGB becomes the network's input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Normalisation {
+    /// torchvision: RGB / 255, minus ImageNet mean (0.485, 0.456, 0.406), over std (0.229,
+    /// 0.224, 0.225). GoogLeNet's `transform_input` is applied inside the network.
+    Imagenet,
+    /// Caffe: BGR in 0-255 minus (104, 117, 123), for weights converted from Caffe.
+    CaffeBgr,
+    /// TensorFlow's EfficientNet-Lite: (RGB - 127) / 128.
+    TfLite,
+}
+
+impl Normalisation {
+    /// Per output channel: the source channel, scale and shift (`x * scale + shift`).
+    fn plan(self) -> [(usize, f32, f32); 3] {
+        match self {
+            Normalisation::Imagenet => {
+                let mean = [0.485f32, 0.456, 0.406];
+                let std = [0.229f32, 0.224, 0.225];
+                [0, 1, 2].map(|c| (c, 1.0 / (255.0 * std[c]), -mean[c] / std[c]))
+            }
+            Normalisation::CaffeBgr => [(2, 1.0, -104.0), (1, 1.0, -117.0), (0, 1.0, -123.0)],
+            Normalisation::TfLite => [0, 1, 2].map(|c| (c, 1.0 / 128.0, -127.0 / 128.0)),
+        }
+    }
+}
+
+/// HOG parameters (`imageproc::hog`): gradients of the greyscale image, `orientations`
+/// bins per `cell_side` pixel cell, blocks of `block_side` cells every `block_stride` cells,
+/// each block scaled to unit L2 norm. The image size must be a whole number of cells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HogParams {
+    pub orientations: usize,
+    pub signed: bool,
+    pub cell_side: usize,
+    pub block_side: usize,
+    pub block_stride: usize,
+}
+
+impl Default for HogParams {
+    /// 9 unsigned bins, 6-pixel cells (they tile the paper's 150x90), 2x2-cell blocks
+    /// every cell (Dalal and Triggs' layout).
+    fn default() -> Self {
+        HogParams {
+            orientations: 9,
+            signed: false,
+            cell_side: 6,
+            block_side: 2,
+            block_stride: 1,
+        }
+    }
+}
+
+impl HogParams {
+    fn options(&self) -> imageproc::hog::HogOptions {
+        imageproc::hog::HogOptions::new(
+            self.orientations,
+            self.signed,
+            self.cell_side,
+            self.block_side,
+            self.block_stride,
+        )
+    }
+}
+
+/// What to build.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackboneSpec {
+    pub kind: BackboneKind,
+    /// CNNs only; default [`BackboneSpec::default_layer`].
+    pub layer: Option<Layer>,
+    /// CNNs only; default [`BackboneSpec::default_normalisation`].
+    pub normalisation: Option<Normalisation>,
+    /// HOG only.
+    pub hog: HogParams,
+}
+
+impl BackboneSpec {
+    /// The paper's features: the logits.
+    pub fn default_layer(kind: BackboneKind) -> Option<Layer> {
+        (kind != BackboneKind::Hog).then_some(Layer::Logits)
+    }
+
+    /// What the weights each backbone loads were trained with.
+    pub fn default_normalisation(kind: BackboneKind) -> Option<Normalisation> {
+        match kind {
+            BackboneKind::Vgg16 | BackboneKind::Googlenet => Some(Normalisation::Imagenet),
+            BackboneKind::Lite0 => Some(Normalisation::TfLite),
+            BackboneKind::Hog => None,
+        }
+    }
+
+    pub fn layer(&self) -> Option<Layer> {
+        self.layer.or(Self::default_layer(self.kind))
+    }
+
+    pub fn normalisation(&self) -> Option<Normalisation> {
+        self.normalisation
+            .or(Self::default_normalisation(self.kind))
+    }
+
+    /// Checks the combination; returns the feature width for a `width x height` input.
+    pub fn output_dim(&self, width: u32, height: u32) -> Result<usize, ModelError> {
+        let bad = |msg: String| Err(ModelError::Spec(msg));
+        match (self.kind, self.layer()) {
+            (BackboneKind::Hog, _) => {
+                if self.layer.is_some() || self.normalisation.is_some() {
+                    return bad("hog takes no `layer` or `normalisation`".into());
+                }
+                imageproc::hog::HogSpec::from_options(width, height, self.hog.options())
+                    .map(|s| s.descriptor_length())
+                    .map_err(|e| ModelError::Spec(format!("hog on {width}x{height}: {e}")))
+            }
+            (_, None) => bad("a CNN needs a layer".into()),
+            (kind, Some(layer)) => {
+                if width < 32 || height < 32 {
+                    return bad(format!(
+                        "{} needs at least 32x32 input, got {width}x{height}",
+                        kind.name()
+                    ));
+                }
+                match (kind, layer) {
+                    (BackboneKind::Vgg16, Layer::Logits) => Ok(1000),
+                    (BackboneKind::Vgg16, Layer::Fc7) => Ok(4096),
+                    (BackboneKind::Vgg16, Layer::Pool5) => Ok(25088),
+                    (BackboneKind::Googlenet, Layer::Logits) => Ok(1000),
+                    (BackboneKind::Googlenet, Layer::Pool) => Ok(1024),
+                    (BackboneKind::Lite0, Layer::Logits) => Ok(1000),
+                    (BackboneKind::Lite0, Layer::Pool) => Ok(1280),
+                    (k, l) => bad(format!(
+                        "{} has no layer {l:?} (vgg16: logits, fc7, pool5; googlenet and lite0: logits, pool)",
+                        k.name()
+                    )),
+                }
+            }
+        }
+    }
+}
+
+/// Where a CNN's weights come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WeightsSource {
+    /// A checkpoint file (legacy or zip `.pth`, `.safetensors`), optionally nested under
+    /// `key` (a training checkpoint's `state_dict`).
+    File { path: PathBuf, key: Option<String> },
+    /// Seeded random weights: only on request (`--random-init`), never as a fallback.
+    Random { seed: u64 },
+}
+
+/// Why a backbone could not be built or run.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("backbone spec: {0}")]
+    Spec(String),
+    #[error("weights file {path}: {source}")]
+    Checkpoint {
+        path: PathBuf,
+        source: checkpoint::CheckpointError,
+    },
+    #[error("weights file {path}: {source}")]
+    Weights { path: PathBuf, source: WeightsError },
+    #[error("device {0}: {1}")]
+    Device(String, candle_core::Error),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+enum Net {
+    Vgg(Vgg, VggLayer),
+    GoogLeNet(GoogLeNet, GoogLeNetLayer),
+    Lite(EfficientNetLite, LiteLayer),
+    Hog(HogParams),
+}
+
+/// A built feature extractor.
+pub struct Backbone {
+    pub spec: BackboneSpec,
+    net: Net,
+    device: Device,
+    dtype: DType,
+}
+
+/// `cpu`, `cuda`, `cuda:N`: the candle device (CUDA needs the `cuda` build).
+pub fn parse_device(s: &str) -> Result<Device, ModelError> {
+    let err = |e| ModelError::Device(s.to_owned(), e);
+    match s {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Device::new_cuda(0).map_err(err),
+        _ => match s
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok())
+        {
+            Some(n) => Device::new_cuda(n).map_err(err),
+            None => Err(ModelError::Spec(format!(
+                "unknown device `{s}` (cpu, cuda, cuda:N)"
+            ))),
+        },
+    }
+}
+
+/// `f32`, `f16`, `bf16`.
+pub fn parse_dtype(s: &str) -> Result<DType, ModelError> {
+    match s {
+        "f32" => Ok(DType::F32),
+        "f16" => Ok(DType::F16),
+        "bf16" => Ok(DType::BF16),
+        _ => Err(ModelError::Spec(format!(
+            "unknown dtype `{s}` (f32, f16, bf16)"
+        ))),
+    }
+}
+
+impl Backbone {
+    /// Builds the backbone; a CNN loads its weights from `weights` (required for a CNN).
+    pub fn load(
+        spec: BackboneSpec,
+        weights: Option<&WeightsSource>,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self, ModelError> {
+        let net = match spec.kind {
+            BackboneKind::Hog => Net::Hog(spec.hog),
+            kind => {
+                let layer = spec
+                    .layer()
+                    .ok_or_else(|| ModelError::Spec("no layer".into()))?;
+                // Validates the layer for the kind (the size check does not matter here).
+                spec.output_dim(224, 224)?;
+                let source = weights.ok_or_else(|| {
+                    ModelError::Spec(format!(
+                        "{} needs a weights file (or random initialisation, asked for explicitly)",
+                        kind.name()
+                    ))
+                })?;
+                let (map, path) = match source {
+                    WeightsSource::File { path, key } => {
+                        let ck = checkpoint::load(path, key.as_deref()).map_err(|e| {
+                            ModelError::Checkpoint {
+                                path: path.clone(),
+                                source: e,
+                            }
+                        })?;
+                        (WeightMap::new(ck.tensors, dtype), path.clone())
+                    }
+                    WeightsSource::Random { seed } => (
+                        WeightMap::random(*seed).with_dtype(dtype),
+                        PathBuf::from("<random>"),
+                    ),
+                };
+                let map = map.on(device);
+                let wrap = |e| ModelError::Weights {
+                    path: path.clone(),
+                    source: e,
+                };
+                let net = match (kind, layer) {
+                    (BackboneKind::Vgg16, l) => Net::Vgg(
+                        Vgg::load(map, VggConfig::vgg16()).map_err(wrap)?,
+                        match l {
+                            Layer::Fc7 => VggLayer::Fc7,
+                            Layer::Pool5 => VggLayer::Pool5,
+                            _ => VggLayer::Logits,
+                        },
+                    ),
+                    (BackboneKind::Googlenet, l) => Net::GoogLeNet(
+                        GoogLeNet::load(map, GoogLeNetConfig::googlenet()).map_err(wrap)?,
+                        if l == Layer::Pool {
+                            GoogLeNetLayer::Pool
+                        } else {
+                            GoogLeNetLayer::Logits
+                        },
+                    ),
+                    (_, l) => Net::Lite(
+                        EfficientNetLite::load(map, LiteConfig::lite0()).map_err(wrap)?,
+                        if l == Layer::Pool {
+                            LiteLayer::Pool
+                        } else {
+                            LiteLayer::Logits
+                        },
+                    ),
+                };
+                net
+            }
+        };
+        Ok(Backbone {
+            spec,
+            net,
+            device: device.clone(),
+            dtype,
+        })
+    }
+
+    /// Feature rows for a batch of `width x height` 8-bit RGB images (HWC), row-major
+    /// `[images, dim]`.
+    pub fn features(
+        &self,
+        images: &[&[u8]],
+        width: u32,
+        height: u32,
+    ) -> Result<Vec<f32>, ModelError> {
+        let (w, h) = (width as usize, height as usize);
+        if let Some(bad) = images.iter().position(|p| p.len() != w * h * 3) {
+            return Err(ModelError::Spec(format!(
+                "image {bad} has {} bytes, expected {w}x{h}x3",
+                images[bad].len()
+            )));
+        }
+        if let Net::Hog(p) = &self.net {
+            let rows: Result<Vec<Vec<f32>>, String> = images
+                .par_iter()
+                .map(|px| {
+                    let rgb = image::RgbImage::from_raw(width, height, px.to_vec())
+                        .ok_or_else(|| "image size".to_string())?;
+                    let grey = image::DynamicImage::ImageRgb8(rgb).to_luma8();
+                    imageproc::hog::hog(&grey, p.options())
+                })
+                .collect();
+            return Ok(rows.map_err(ModelError::Spec)?.concat());
+        }
+        let norm = self
+            .spec
+            .normalisation()
+            .ok_or_else(|| ModelError::Spec("no normalisation".into()))?;
+        let x = to_nchw(images, w, h, norm);
+        let x = Tensor::from_vec(x, (images.len(), 3, h, w), &Device::Cpu)?
+            .to_device(&self.device)?
+            .to_dtype(self.dtype)?;
+        let y = match &self.net {
+            Net::Vgg(n, l) => n.forward(&x, *l)?,
+            Net::GoogLeNet(n, l) => n.forward(&x, *l)?,
+            Net::Lite(n, l) => n.forward(&x, *l)?,
+            Net::Hog(_) => unreachable!("handled above"),
+        };
+        Ok(y.to_dtype(DType::F32)?
+            .to_device(&Device::Cpu)?
+            .flatten_all()?
+            .to_vec1()?)
+    }
+}
+
+/// HWC u8 images -> normalised NCHW f32.
+fn to_nchw(images: &[&[u8]], w: usize, h: usize, norm: Normalisation) -> Vec<f32> {
+    let plan = norm.plan();
+    let plane = w * h;
+    let mut out = vec![0f32; images.len() * 3 * plane];
+    out.par_chunks_mut(3 * plane)
+        .zip(images.par_iter())
+        .for_each(|(dst, px)| {
+            for (c, &(src, scale, shift)) in plan.iter().enumerate() {
+                let d = &mut dst[c * plane..(c + 1) * plane];
+                for (o, p) in d.iter_mut().zip(px.chunks_exact(3)) {
+                    *o = p[src] as f32 * scale + shift;
+                }
+            }
+        });
+    out
+}
+
+/// The checksum featurize records for a weights file: blake3 of its bytes.
+pub fn weights_checksum(path: &Path) -> std::io::Result<String> {
+    let mut h = blake3::Hasher::new();
+    h.update_mmap(path)?;
+    Ok(h.finalize().to_hex().to_string())
+}
