@@ -225,8 +225,8 @@ pub enum ModelError {
 
 enum Net {
     Vgg(Vgg, VggLayer),
-    GoogLeNet(GoogLeNet, GoogLeNetLayer),
-    Lite(EfficientNetLite, LiteLayer),
+    GoogLeNet(Box<GoogLeNet>, GoogLeNetLayer),
+    Lite(Box<EfficientNetLite>, LiteLayer),
     Hog(HogParams),
 }
 
@@ -320,7 +320,7 @@ impl Backbone {
                         },
                     ),
                     (BackboneKind::Googlenet, l) => Net::GoogLeNet(
-                        GoogLeNet::load(map, GoogLeNetConfig::googlenet()).map_err(wrap)?,
+                        Box::new(GoogLeNet::load(map, GoogLeNetConfig::googlenet()).map_err(wrap)?),
                         if l == Layer::Pool {
                             GoogLeNetLayer::Pool
                         } else {
@@ -328,7 +328,7 @@ impl Backbone {
                         },
                     ),
                     (_, l) => Net::Lite(
-                        EfficientNetLite::load(map, LiteConfig::lite0()).map_err(wrap)?,
+                        Box::new(EfficientNetLite::load(map, LiteConfig::lite0()).map_err(wrap)?),
                         if l == Layer::Pool {
                             LiteLayer::Pool
                         } else {

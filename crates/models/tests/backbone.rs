@@ -1,8 +1,6 @@
 //! The backbone face featurize and predict use: HOG's layout, seeded random weights, spec
 //! validation, and refusing to run a CNN without weights.
 
-mod torch_reference;
-
 use candle_core::{DType, Device};
 use geoloc_models::backbone::{
     Backbone, BackboneKind, BackboneSpec, HogParams, Layer, ModelError, WeightsSource,
