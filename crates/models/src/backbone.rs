@@ -225,7 +225,7 @@ pub enum ModelError {
 
 enum Net {
     Vgg(Vgg, VggLayer),
-    GoogLeNet(Box<GoogLeNet>, GoogLeNetLayer),
+    Inception(Box<GoogLeNet>, GoogLeNetLayer),
     Lite(Box<EfficientNetLite>, LiteLayer),
     Hog(HogParams),
 }
@@ -310,7 +310,7 @@ impl Backbone {
                     path: path.clone(),
                     source: e,
                 };
-                let net = match (kind, layer) {
+                match (kind, layer) {
                     (BackboneKind::Vgg16, l) => Net::Vgg(
                         Vgg::load(map, VggConfig::vgg16()).map_err(wrap)?,
                         match l {
@@ -319,7 +319,7 @@ impl Backbone {
                             _ => VggLayer::Logits,
                         },
                     ),
-                    (BackboneKind::Googlenet, l) => Net::GoogLeNet(
+                    (BackboneKind::Googlenet, l) => Net::Inception(
                         Box::new(GoogLeNet::load(map, GoogLeNetConfig::googlenet()).map_err(wrap)?),
                         if l == Layer::Pool {
                             GoogLeNetLayer::Pool
@@ -335,8 +335,7 @@ impl Backbone {
                             LiteLayer::Logits
                         },
                     ),
-                };
-                net
+                }
             }
         };
         Ok(Backbone {
@@ -384,7 +383,7 @@ impl Backbone {
             .to_dtype(self.dtype)?;
         let y = match &self.net {
             Net::Vgg(n, l) => n.forward(&x, *l)?,
-            Net::GoogLeNet(n, l) => n.forward(&x, *l)?,
+            Net::Inception(n, l) => n.forward(&x, *l)?,
             Net::Lite(n, l) => n.forward(&x, *l)?,
             Net::Hog(_) => unreachable!("handled above"),
         };
