@@ -68,7 +68,24 @@ fn project(rows: usize, synth_flags: &[&str]) -> tempfile::TempDir {
     )
     .unwrap();
     synth_with(t.path(), rows, synth_flags);
+    link_weights(t.path());
     t
+}
+
+/// Links the workspace's `data/weights` (the Lite0 checkpoint, `cargo xtask fetch-lite0`)
+/// into a test project, where the demo pipeline looks for it.
+pub fn link_weights(root: &Path) {
+    let from = workspace().join("data/weights");
+    let to = root.join("data/weights");
+    if from.is_dir() && !to.exists() {
+        std::fs::create_dir_all(root.join("data")).unwrap();
+        std::os::unix::fs::symlink(&from, &to).unwrap();
+    }
+}
+
+/// The Lite0 checkpoint, or `None` (the test skips with a message; CI requires it).
+pub fn lite0() -> Option<PathBuf> {
+    geoloc_core::fixtures::lite0_checkpoint(env!("CARGO_MANIFEST_DIR"))
 }
 
 /// `geoloc synth mediaeval` into `root/data/demo` (seed 7).

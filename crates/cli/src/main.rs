@@ -64,6 +64,8 @@ enum Cmd {
     Ingest(StageArgs),
     /// Run the preprocess stage: the photos of a samples dataset to pixel tensors.
     Preprocess(StageArgs),
+    /// Run the featurize stage: pixel tensors to feature vectors (CNN backbone or HOG).
+    Featurize(FeaturizeArgs),
     /// Commit a sharded instance once all its shards have run (writes _manifest.json).
     Finalize {
         pipeline: PathBuf,
@@ -155,6 +157,50 @@ struct StageArgs {
     no_finalize: bool,
 }
 
+#[derive(Args)]
+struct FeaturizeArgs {
+    #[command(flatten)]
+    stage: StageArgs,
+    /// Run on this device: cpu, cuda, cuda:N (CUDA needs a build with `--features cuda`).
+    #[arg(long)]
+    device: Option<String>,
+    /// Images per forward pass.
+    #[arg(long)]
+    batch: Option<usize>,
+    /// f32, f16 or bf16.
+    #[arg(long)]
+    dtype: Option<String>,
+    /// Seeded random weights instead of a weights file (recorded in the manifest).
+    #[arg(long)]
+    random_init: bool,
+    /// Seed of --random-init.
+    #[arg(long, requires = "random_init")]
+    seed: Option<u64>,
+}
+
+impl FeaturizeArgs {
+    /// The config values the flags set.
+    fn overrides(&self) -> toml::Table {
+        let mut t = toml::Table::new();
+        if let Some(d) = &self.device {
+            t.insert("device".into(), d.clone().into());
+        }
+        if let Some(b) = self.batch {
+            t.insert("batch".into(), (b as i64).into());
+        }
+        if let Some(d) = &self.dtype {
+            t.insert("dtype".into(), d.clone().into());
+        }
+        if self.random_init {
+            t.insert("random_init".into(), true.into());
+            if let Some(s) = self.seed {
+                t.insert("seed".into(), (s as i64).into());
+            }
+        }
+        t
+    }
+}
+
 fn init_logging(cli: &Cli) {
     let default = if cli.quiet {
         "warn"
@@ -231,8 +277,12 @@ fn real_main(cli: Cli) -> Result<()> {
             let stale = st.iter().filter(|s| s.state != State::Fresh).count();
             println!("{} of {} instances fresh", st.len() - stale, st.len());
         }
-        Cmd::Ingest(a) => stage_cmd(geoloc_ingest::KIND, a, progress)?,
-        Cmd::Preprocess(a) => stage_cmd(geoloc_preprocess::KIND, a, progress)?,
+        Cmd::Ingest(a) => stage_cmd(geoloc_ingest::KIND, a, toml::Table::new(), progress)?,
+        Cmd::Preprocess(a) => stage_cmd(geoloc_preprocess::KIND, a, toml::Table::new(), progress)?,
+        Cmd::Featurize(a) => {
+            let overrides = a.overrides();
+            stage_cmd(geoloc_featurize::KIND, a.stage, overrides, progress)?
+        }
         Cmd::Finalize {
             pipeline,
             instance,
@@ -379,20 +429,28 @@ fn rayon_threads() -> usize {
 }
 
 /// `geoloc <kind> ...`: one stage, as an instance of a pipeline or from a config file.
-fn stage_cmd(kind: &str, a: StageArgs, progress: bool) -> Result<()> {
+/// Runs one stage instance (from a pipeline, or from a config file), its config amended by
+/// `overrides` (a flag's value replaces the config's; `random_init` drops `weights`).
+fn stage_cmd(kind: &str, a: StageArgs, overrides: toml::Table, progress: bool) -> Result<()> {
     let shard = Shard::resolve(a.shard)?;
+    let amend = |config: &mut toml::Table| {
+        if overrides.get("random_init").is_some() {
+            config.remove("weights");
+        }
+        config.extend(overrides.clone());
+    };
     if let (Some(p), Some(inst)) = (&a.pipeline, &a.instance) {
         let mut r = Runner::load(p, a.runs_dir.clone())?;
         r.progress = progress;
-        let found = &r
-            .pipeline
-            .stages
-            .get(inst)
-            .ok_or_else(|| r.pipeline.unknown(inst))?
-            .kind;
-        if found != kind {
-            bail!("instance `{inst}` is a `{found}` instance, not {kind}");
+        let unknown = r.pipeline.unknown(inst);
+        let decl = r.pipeline.stages.get_mut(inst).ok_or(unknown)?;
+        if decl.kind != kind {
+            bail!(
+                "instance `{inst}` is a `{}` instance, not {kind}",
+                decl.kind
+            );
         }
+        amend(&mut decl.config);
         let summary = r.run_instance(inst, shard)?;
         println!("{inst} shard {shard}: {summary}");
         if shard.is_all() && !a.no_finalize {
@@ -411,8 +469,9 @@ fn stage_cmd(kind: &str, a: StageArgs, progress: bool) -> Result<()> {
     };
     let text = std::fs::read_to_string(&cfg_path)
         .with_context(|| format!("reading {}", cfg_path.display()))?;
-    let config: toml::Table =
+    let mut config: toml::Table =
         toml::from_str(&text).with_context(|| format!("parsing {}", cfg_path.display()))?;
+    amend(&mut config);
     let mut inputs = Vec::new();
     for dir in &a.input {
         let manifest = geoloc_core::dataset::Manifest::load(dir)

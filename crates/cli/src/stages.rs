@@ -34,10 +34,12 @@ pub fn lookup(kind: &str) -> Result<Box<dyn Stage>> {
     match kind {
         geoloc_ingest::KIND => Ok(Box::new(Ingest)),
         geoloc_preprocess::KIND => Ok(Box::new(Preprocess)),
+        geoloc_featurize::KIND => Ok(Box::new(Featurize)),
         other => Err(anyhow!(
-            "unknown stage kind `{other}` (known: {}, {})",
+            "unknown stage kind `{other}` (known: {}, {}, {})",
             geoloc_ingest::KIND,
-            geoloc_preprocess::KIND
+            geoloc_preprocess::KIND,
+            geoloc_featurize::KIND
         )),
     }
 }
@@ -86,10 +88,15 @@ impl Stage for Ingest {
 
 /// The one input of a stage that reads exactly one, named in the error otherwise.
 fn single_input<'a>(decl: &StageDecl, inputs: &'a [Input]) -> Result<&'a Input> {
+    let what = if decl.kind == geoloc_featurize::KIND {
+        "an images dataset"
+    } else {
+        "a samples dataset"
+    };
     match inputs {
         [one] => Ok(one),
         _ => Err(anyhow!(
-            "a `{}` instance reads exactly one input (a samples dataset), it declares {}",
+            "a `{}` instance reads exactly one input ({what}), it declares {}",
             decl.kind,
             inputs.len()
         )),
@@ -136,6 +143,50 @@ impl Stage for Preprocess {
     }
     fn check_output(&self, dir: &Path) -> Result<()> {
         geoloc_preprocess::open(dir).context("images dataset")?;
+        Ok(())
+    }
+}
+
+struct Featurize;
+
+impl Stage for Featurize {
+    fn format_version(&self) -> u32 {
+        geoloc_featurize::FORMAT_VERSION
+    }
+    fn config_json(&self, decl: &StageDecl, _ctx: &Context) -> Result<serde_json::Value> {
+        let cfg: geoloc_featurize::Config = parse_config(decl)?;
+        Ok(serde_json::to_value(cfg)?)
+    }
+    fn fingerprint(&self, decl: &StageDecl, ctx: &Context, inputs: &[Input]) -> Result<String> {
+        let cfg: geoloc_featurize::Config = parse_config(decl)?;
+        Ok(geoloc_featurize::fingerprint(
+            &cfg,
+            ctx,
+            single_input(decl, inputs)?,
+        )?)
+    }
+    fn run(&self, decl: &StageDecl, ctx: &Context, inputs: &[Input]) -> Result<String> {
+        let cfg: geoloc_featurize::Config = parse_config(decl)?;
+        let s = geoloc_featurize::run(&cfg, ctx, single_input(decl, inputs)?)?;
+        Ok(s.line())
+    }
+    fn finalize(
+        &self,
+        decl: &StageDecl,
+        ctx: &Context,
+        inputs: &[Input],
+        shards: u32,
+    ) -> Result<Manifest> {
+        let cfg: geoloc_featurize::Config = parse_config(decl)?;
+        Ok(geoloc_featurize::finalize(
+            &cfg,
+            ctx,
+            single_input(decl, inputs)?,
+            shards,
+        )?)
+    }
+    fn check_output(&self, dir: &Path) -> Result<()> {
+        geoloc_featurize::open(dir).context("features dataset")?;
         Ok(())
     }
 }

@@ -1060,6 +1060,43 @@ impl Dataset {
         Ok(())
     }
 
+    /// The rows `range` (in dataset order: parts in manifest order), as batches; parts
+    /// wholly outside the range are not read.
+    pub fn for_each_batch_in(
+        &self,
+        range: std::ops::Range<u64>,
+        mut f: impl FnMut(RecordBatch) -> Result<()>,
+    ) -> Result<()> {
+        let mut start = 0u64;
+        for p in &self.manifest.parts {
+            let (lo, hi) = (start, start + p.rows);
+            start = hi;
+            if hi <= range.start || lo >= range.end {
+                continue;
+            }
+            let one = Dataset {
+                dir: self.dir.clone(),
+                schema: self.schema.clone(),
+                manifest: Manifest {
+                    parts: vec![p.clone()],
+                    ..self.manifest.clone()
+                },
+            };
+            let mut row = lo;
+            one.for_each_batch(|b| {
+                let (blo, bhi) = (row, row + b.num_rows() as u64);
+                row = bhi;
+                let from = range.start.max(blo);
+                let to = range.end.min(bhi);
+                if from < to {
+                    f(b.slice((from - blo) as usize, (to - from) as usize))?;
+                }
+                Ok(())
+            })?;
+        }
+        Ok(())
+    }
+
     /// All batches, concatenated per part (small datasets and tests).
     pub fn read_all(&self) -> Result<Vec<RecordBatch>> {
         let mut out = Vec::new();

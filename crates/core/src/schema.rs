@@ -165,6 +165,48 @@ pub fn images_size(m: &crate::dataset::Manifest) -> Result<(u32, u32)> {
     Ok((get("width")?, get("height")?))
 }
 
+/// Feature vectors, one row per (photo, view): the output of `featurize`.
+///
+/// Version 1. Unique (`id`, `view`).
+/// - `id` (utf8), `view` (u8): as in the images dataset they were computed from.
+/// - `feature` (fixed-size list of `dim` f32).
+///
+/// The manifest's metadata holds `dim`, the backbone, layer, normalisation, the weights
+/// file and its blake3 (or `random_init` and the seed) and the pixels' geometry:
+/// [`features_dim`] reads the width back.
+pub fn features(dim: usize) -> DatasetSchema {
+    DatasetSchema {
+        name: "features",
+        version: 1,
+        arrow: Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Utf8, false),
+            Field::new("view", DataType::UInt8, false),
+            Field::new(
+                "feature",
+                DataType::FixedSizeList(
+                    Arc::new(Field::new("item", DataType::Float32, false)),
+                    dim as i32,
+                ),
+                false,
+            ),
+        ])),
+        key: &["id", "view"],
+        plain: &["id", "feature"],
+    }
+}
+
+/// The feature width a features dataset's manifest records (`dim`).
+pub fn features_dim(m: &crate::dataset::Manifest) -> Result<usize> {
+    m.info
+        .metadata
+        .get("dim")
+        .and_then(|v| v.as_u64())
+        .map(|v| v as usize)
+        .ok_or_else(|| {
+            Error::Config("features manifest has no integer `dim` in its metadata".into())
+        })
+}
+
 /// What a part skipped and why: one file per part, beside it.
 ///
 /// Version 1.

@@ -210,13 +210,14 @@ pub enum WeightsSource {
 pub enum ModelError {
     #[error("backbone spec: {0}")]
     Spec(String),
-    #[error("weights file {path}: {source}")]
+    // `error`, not `source`: the message already carries it (no repetition in chains).
+    #[error("weights file {path}: {error}")]
     Checkpoint {
         path: PathBuf,
-        source: checkpoint::CheckpointError,
+        error: checkpoint::CheckpointError,
     },
-    #[error("weights file {path}: {source}")]
-    Weights { path: PathBuf, source: WeightsError },
+    #[error("weights file {path}: {error}")]
+    Weights { path: PathBuf, error: WeightsError },
     #[error("device {0}: {1}")]
     Device(String, candle_core::Error),
     #[error(transparent)]
@@ -295,7 +296,7 @@ impl Backbone {
                         let ck = checkpoint::load(path, key.as_deref()).map_err(|e| {
                             ModelError::Checkpoint {
                                 path: path.clone(),
-                                source: e,
+                                error: e,
                             }
                         })?;
                         (WeightMap::new(ck.tensors, dtype), path.clone())
@@ -308,7 +309,7 @@ impl Backbone {
                 let map = map.on(device);
                 let wrap = |e| ModelError::Weights {
                     path: path.clone(),
-                    source: e,
+                    error: e,
                 };
                 match (kind, layer) {
                     (BackboneKind::Vgg16, l) => Net::Vgg(

@@ -1,0 +1,319 @@
+//! featurize end to end through the real binary: the demo's Lite0 (the real checkpoint,
+//! recorded by its checksum) and HOG instances; sharding; a kill mid-run and a rerun that
+//! keeps the parts already closed; and the errors a user meets first.
+
+mod support;
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::Float32Type;
+use geoloc_core::dataset::{Dataset, Manifest};
+use geoloc_core::schema;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use support::{demo_project, geoloc, stderr, stdout};
+
+const PIPE: &str = "pipelines/demo.toml";
+
+fn features(dir: &Path) -> Dataset {
+    let m = Manifest::load(dir).unwrap();
+    let ds = Dataset::open(dir, &schema::features(schema::features_dim(&m).unwrap())).unwrap();
+    ds.verify().unwrap();
+    ds
+}
+
+/// (id, view) of every row, in order.
+fn keys(ds: &Dataset) -> Vec<(String, u8)> {
+    let mut v = Vec::new();
+    for b in ds.read_all().unwrap() {
+        let ids = b.column(0).as_string::<i32>();
+        let views = b.column(1).as_primitive::<arrow::datatypes::UInt8Type>();
+        for i in 0..b.num_rows() {
+            v.push((ids.value(i).to_owned(), views.value(i)));
+        }
+    }
+    v
+}
+
+#[test]
+fn demo_featurize_lite0_and_hog_with_shards() {
+    let Some(lite0) = support::lite0() else {
+        return;
+    };
+    let p = demo_project(700);
+    let root = p.path();
+    for inst in ["ingest", "crop224", "squash150x90", "lite0", "hog"] {
+        geoloc(&["run", PIPE, "--only", inst], root, &[], true);
+    }
+    let images = Dataset::open(&root.join("runs/demo/crop224"), &schema::images(224, 224)).unwrap();
+    let img_keys = {
+        let mut v = Vec::new();
+        for b in images.read_all().unwrap() {
+            let ids = b.column(0).as_string::<i32>();
+            for i in 0..b.num_rows() {
+                v.push((ids.value(i).to_owned(), 0u8));
+            }
+        }
+        v
+    };
+
+    let ds = features(&root.join("runs/demo/lite0"));
+    let meta = &ds.manifest.info.metadata;
+    assert_eq!(meta["backbone"], "lite0");
+    assert_eq!(meta["layer"], "pool");
+    assert_eq!(meta["dim"], 1280);
+    assert_eq!(meta["normalisation"], "tf-lite");
+    assert_eq!(meta["random_init"], false);
+    let want = blake3::hash(&std::fs::read(&lite0).unwrap())
+        .to_hex()
+        .to_string();
+    assert_eq!(
+        meta["weights_blake3"],
+        want.as_str(),
+        "the real checkpoint, by content"
+    );
+    assert_eq!(keys(&ds), img_keys, "one row per image row, in order");
+    // Pool features after ReLU6 lie in [0, 6], differ between photos, and are not constant.
+    let b = &ds.read_all().unwrap()[0];
+    let list = b.column(2).as_fixed_size_list();
+    let first = list.value(0);
+    let second = list.value(1);
+    let (a, c) = (
+        first.as_primitive::<Float32Type>().values(),
+        second.as_primitive::<Float32Type>().values(),
+    );
+    assert!(a.iter().chain(c.iter()).all(|v| (0.0..=6.0).contains(v)));
+    assert_ne!(a, c);
+    assert!(a.iter().filter(|v| **v > 0.0).count() > 100);
+
+    let hog = features(&root.join("runs/demo/hog"));
+    assert_eq!(hog.manifest.info.metadata["dim"], 24 * 14 * 36);
+    assert_eq!(hog.manifest.rows, ds.manifest.rows);
+
+    // Two shards, then finalize: the same rows and bit-identical values.
+    let runs = root.join("sharded");
+    support::copy_dir(&root.join("runs/demo/crop224"), &runs.join("crop224"));
+    support::copy_dir(&root.join("runs/demo/ingest"), &runs.join("ingest"));
+    for s in ["0/2", "1/2"] {
+        let out = geoloc(
+            &[
+                "featurize",
+                "--pipeline",
+                PIPE,
+                "--instance",
+                "lite0",
+                "--runs-dir",
+                runs.to_str().unwrap(),
+                "--shard",
+                s,
+            ],
+            root,
+            &[],
+            true,
+        );
+        assert!(
+            stdout(&out).contains(&format!("lite0 shard {s}")),
+            "{}",
+            stdout(&out)
+        );
+    }
+    geoloc(
+        &[
+            "finalize",
+            PIPE,
+            "--instance",
+            "lite0",
+            "--shards",
+            "2",
+            "--runs-dir",
+            runs.to_str().unwrap(),
+        ],
+        root,
+        &[],
+        true,
+    );
+    let sharded = features(&runs.join("lite0"));
+    assert_eq!(sharded.manifest.rows, ds.manifest.rows);
+    assert_eq!(sharded.manifest.columns, ds.manifest.columns);
+    assert_eq!(
+        sharded.manifest.info.fingerprint,
+        ds.manifest.info.fingerprint
+    );
+}
+
+/// A config file run of Lite0 on random weights (no checkpoint needed), small parts.
+fn random_lite0_config(root: &Path) -> std::path::PathBuf {
+    let cfg = root.join("lite0-random.toml");
+    std::fs::write(
+        &cfg,
+        "backbone = 'lite0'\nlayer = 'pool'\nrandom_init = true\nseed = 5\nbatch = 16\npart_cap_mb = 1\n",
+    )
+    .unwrap();
+    cfg
+}
+
+#[test]
+fn killed_featurize_keeps_closed_parts_and_equals_an_uninterrupted_run() {
+    let p = demo_project(700);
+    let root = p.path();
+    for inst in ["ingest", "crop224"] {
+        geoloc(&["run", PIPE, "--only", inst], root, &[], true);
+    }
+    let cfg = random_lite0_config(root);
+    let input = root.join("runs/demo/crop224");
+    let args = |out: &str| {
+        vec![
+            "featurize".to_string(),
+            "--config".into(),
+            cfg.to_str().unwrap().into(),
+            "--input".into(),
+            input.to_str().unwrap().into(),
+            "--out".into(),
+            out.into(),
+        ]
+    };
+    let whole = root.join("whole");
+    let a = args(whole.to_str().unwrap());
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    geoloc(&a, root, &[], true);
+    let reference = features(&whole);
+    assert!(
+        reference.manifest.parts.len() >= 3,
+        "small parts: {}",
+        reference.manifest.parts.len()
+    );
+    assert_eq!(reference.manifest.info.metadata["random_init"], true);
+    assert_eq!(reference.manifest.info.metadata["seed"], 5);
+    assert!(reference.manifest.info.metadata["weights_blake3"].is_null());
+
+    // Kill once the first part has closed (its sidecar is in place).
+    let killed = root.join("killed");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_geoloc"))
+        .arg("--no-progress")
+        .args(args(killed.to_str().unwrap()))
+        .current_dir(root)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let first = killed.join("part-00000-of-00001-0000.json");
+    let t0 = Instant::now();
+    while !first.exists() && t0.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let status = child.wait().unwrap();
+    assert!(first.exists(), "no part closed in 120 s");
+    if status.success() {
+        panic!("featurize finished before the kill; make the run longer");
+    }
+    assert!(
+        Dataset::open(&killed, &schema::features(1280)).is_err(),
+        "no commit yet"
+    );
+
+    let a = args(killed.to_str().unwrap());
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let out = stdout(&geoloc(&a, root, &[], true));
+    let kept: u64 = out
+        .split(" computed, ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no kept count in {out}"));
+    assert!(
+        kept > 0 && kept < reference.manifest.rows,
+        "kept {kept}: {out}"
+    );
+    let resumed = features(&killed);
+    assert_eq!(resumed.manifest.rows, reference.manifest.rows);
+    assert_eq!(
+        resumed.manifest.columns, reference.manifest.columns,
+        "bit-identical"
+    );
+    let tmp: Vec<_> = std::fs::read_dir(&killed)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(tmp.is_empty());
+}
+
+#[test]
+fn featurize_errors_name_the_fix() {
+    let p = demo_project(60);
+    let root = p.path();
+    geoloc(&["run", PIPE, "--only", "ingest"], root, &[], true);
+    geoloc(&["run", PIPE, "--only", "crop224"], root, &[], true);
+    let input = root.join("runs/demo/crop224");
+    let run = |cfg: &str| {
+        let f = root.join("c.toml");
+        std::fs::write(&f, cfg).unwrap();
+        stderr(&geoloc(
+            &[
+                "featurize",
+                "--config",
+                f.to_str().unwrap(),
+                "--input",
+                input.to_str().unwrap(),
+                "--out",
+                root.join("o").to_str().unwrap(),
+            ],
+            root,
+            &[],
+            false,
+        ))
+    };
+    let e = run("backbone = 'lite0'");
+    assert!(
+        e.contains("cargo xtask fetch-lite0") && e.contains("random_init"),
+        "{e}"
+    );
+    let e = run("backbone = 'vgg16'\nweights = 'nowhere/vgg16.pth'");
+    assert!(e.contains("nowhere/vgg16.pth not found"), "{e}");
+    let e = run("backbone = 'googlenet'\nlayer = 'fc7'\nrandom_init = true");
+    assert!(e.contains("googlenet has no layer Fc7"), "{e}");
+    // A checkpoint of another architecture: every problem named.
+    let e = run(&format!(
+        "backbone = 'lite0'\nweights = '{}'",
+        support::workspace()
+            .join("crates/models/tests/fixtures/googlenet_tiny_zip.pth")
+            .display()
+    ));
+    assert!(e.contains("missing: _blocks.0._bn1.bias [32]"), "{e}");
+    assert_eq!(e.matches("weights do not fit").count(), 1, "said once: {e}");
+    assert!(e.contains("unexpected: "), "{e}");
+    // HOG needs a whole number of cells: 224 / 6 is not.
+    let e = run("backbone = 'hog'");
+    assert!(e.contains("hog on 224x224"), "{e}");
+    // --random-init on the command line replaces the weights of the config.
+    let f = root.join("c.toml");
+    std::fs::write(
+        &f,
+        "backbone = 'googlenet'\nlayer = 'pool'\nweights = 'nowhere.pth'\n",
+    )
+    .unwrap();
+    let out = stdout(&geoloc(
+        &[
+            "featurize",
+            "--config",
+            f.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--out",
+            root.join("o").to_str().unwrap(),
+            "--random-init",
+            "--seed",
+            "3",
+            "--batch",
+            "4",
+        ],
+        root,
+        &[],
+        true,
+    ));
+    assert!(out.contains("of 1024 features"), "{out}");
+    let ds = features(&root.join("o"));
+    assert_eq!(ds.manifest.info.metadata["random_init"], true);
+    assert_eq!(ds.manifest.info.config["batch"], 4);
+}
