@@ -4,7 +4,7 @@
 
 mod support;
 
-use arrow::array::{Array, AsArray};
+use arrow::array::AsArray;
 use arrow::datatypes::Float32Type;
 use geoloc_core::dataset::{Dataset, Manifest};
 use geoloc_core::schema;

@@ -217,7 +217,10 @@ pub enum ModelError {
         error: checkpoint::CheckpointError,
     },
     #[error("weights file {path}: {error}")]
-    Weights { path: PathBuf, error: WeightsError },
+    Weights {
+        path: PathBuf,
+        error: Box<WeightsError>,
+    },
     #[error("device {0}: {1}")]
     Device(String, candle_core::Error),
     #[error(transparent)]
@@ -309,7 +312,7 @@ impl Backbone {
                 let map = map.on(device);
                 let wrap = |e| ModelError::Weights {
                     path: path.clone(),
-                    error: e,
+                    error: Box::new(e),
                 };
                 match (kind, layer) {
                     (BackboneKind::Vgg16, l) => Net::Vgg(
