@@ -600,6 +600,8 @@ fn bench_featurize(args: &[String]) -> Result<()> {
             let out = Command::new(&ours_bin)
                 .args([model, batch, reps])
                 .env("RAYON_NUM_THREADS", t)
+                // The allocator setting the geoloc binary makes (see its tune_allocator).
+                .env("MIMALLOC_PURGE_DELAY", "1000")
                 .output()
                 .context("running the throughput example")?;
             let text = String::from_utf8_lossy(&out.stdout).to_string();

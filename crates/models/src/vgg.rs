@@ -180,7 +180,8 @@ impl Vgg {
         for s in &self.stages {
             x = match s {
                 Stage::Conv(c) => c.forward(&x)?,
-                Stage::Pool => x.max_pool2d(2)?,
+                // torchvision's MaxPool2d(2, 2), floor mode.
+                Stage::Pool => crate::googlenet::max_pool(&x, 2, 2, 0, false)?,
             };
         }
         let x = adaptive_avg_pool2d(&x, 7, 7)?.flatten_from(1)?;

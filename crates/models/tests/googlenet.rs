@@ -110,3 +110,32 @@ fn full_width_googlenet_takes_torchvisions_tensors_and_ignores_aux_heads() {
         ["inception4c.branch3.1.conv.weight [64, 24, 3, 3]"]
     );
 }
+
+/// The parallel CPU max-pool equals the padded candle path (taken for other dtypes, here
+/// f64) in both modes, on odd sizes, with and without padding.
+#[test]
+fn cpu_max_pool_matches_the_candle_path() {
+    use geoloc_models::googlenet::max_pool;
+    let n = 2 * 3 * 13 * 11;
+    let v: Vec<f32> = (0..n).map(|i| ((i * 7919) % 113) as f32 - 50.0).collect();
+    let x = Tensor::from_vec(v, (2, 3, 13, 11), &Device::Cpu).unwrap();
+    for (k, s, p, ceil) in [
+        (3, 2, 0, true),
+        (3, 1, 1, true),
+        (2, 2, 0, true),
+        (2, 2, 0, false),
+        (3, 2, 1, false),
+    ] {
+        let fast = max_pool(&x, k, s, p, ceil).unwrap();
+        let slow = max_pool(&x.to_dtype(DType::F64).unwrap(), k, s, p, ceil)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap();
+        assert_eq!(fast.dims(), slow.dims(), "k{k} s{s} p{p} ceil {ceil}");
+        assert_eq!(
+            fast.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            slow.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            "k{k} s{s} p{p} ceil {ceil}"
+        );
+    }
+}
