@@ -98,6 +98,9 @@ impl VggConfig {
     }
 }
 
+/// Images per pass through the convolutional trunk on the CPU (see [`Vgg::forward`]).
+const TRUNK_BATCH: usize = 4;
+
 enum Stage {
     Conv(Conv),
     Pool,
@@ -174,8 +177,8 @@ impl Vgg {
         }
     }
 
-    /// Runs `[N, 3, H, W]` up to `layer`; returns `[N, output_dim(layer)]`.
-    pub fn forward(&self, x: &Tensor, layer: VggLayer) -> Result<Tensor> {
+    /// The convolutions, pools and the adaptive pool to 7x7, flattened.
+    fn trunk(&self, x: &Tensor) -> Result<Tensor> {
         let mut x = x.clone();
         for s in &self.stages {
             x = match s {
@@ -184,7 +187,26 @@ impl Vgg {
                 Stage::Pool => crate::googlenet::max_pool(&x, 2, 2, 0, false)?,
             };
         }
-        let x = adaptive_avg_pool2d(&x, 7, 7)?.flatten_from(1)?;
+        adaptive_avg_pool2d(&x, 7, 7)?.flatten_from(1)
+    }
+
+    /// Runs `[N, 3, H, W]` up to `layer`; returns `[N, output_dim(layer)]`.
+    pub fn forward(&self, x: &Tensor, layer: VggLayer) -> Result<Tensor> {
+        // The convolutional trunk runs at most TRUNK_BATCH images at a time on the CPU: its
+        // activations (12.8 MB per image after the first layers) then stay a few hundred MB,
+        // where a batch of 32 allocated and faulted in gigabytes per layer (3.1 against 3.8
+        // images/s at one thread). The fully connected layers take the whole batch.
+        let n = x.dim(0)?;
+        let x = if x.device().is_cpu() && n > TRUNK_BATCH {
+            let mut parts = Vec::new();
+            for start in (0..n).step_by(TRUNK_BATCH) {
+                let len = TRUNK_BATCH.min(n - start);
+                parts.push(self.trunk(&x.narrow(0, start, len)?)?);
+            }
+            Tensor::cat(&parts, 0)?
+        } else {
+            self.trunk(x)?
+        };
         if layer == VggLayer::Pool5 {
             return Ok(x);
         }
