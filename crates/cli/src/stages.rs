@@ -103,90 +103,56 @@ fn single_input<'a>(decl: &StageDecl, inputs: &'a [Input]) -> Result<&'a Input> 
     }
 }
 
-struct Preprocess;
+/// The `Stage` impl of a stage crate that reads exactly one input and has the usual face
+/// (`Config`, `FORMAT_VERSION`, `fingerprint`, `run`, `finalize`, `open`).
+macro_rules! single_input_stage {
+    ($name:ident, $krate:ident, $what:literal) => {
+        struct $name;
 
-impl Stage for Preprocess {
-    fn format_version(&self) -> u32 {
-        geoloc_preprocess::FORMAT_VERSION
-    }
-    fn config_json(&self, decl: &StageDecl, _ctx: &Context) -> Result<serde_json::Value> {
-        let cfg: geoloc_preprocess::Config = parse_config(decl)?;
-        Ok(serde_json::to_value(cfg)?)
-    }
-    fn fingerprint(&self, decl: &StageDecl, ctx: &Context, inputs: &[Input]) -> Result<String> {
-        let cfg: geoloc_preprocess::Config = parse_config(decl)?;
-        Ok(geoloc_preprocess::fingerprint(
-            &cfg,
-            ctx,
-            single_input(decl, inputs)?,
-        )?)
-    }
-    fn run(&self, decl: &StageDecl, ctx: &Context, inputs: &[Input]) -> Result<String> {
-        let cfg: geoloc_preprocess::Config = parse_config(decl)?;
-        let s = geoloc_preprocess::run(&cfg, ctx, single_input(decl, inputs)?)?;
-        Ok(s.line())
-    }
-    fn finalize(
-        &self,
-        decl: &StageDecl,
-        ctx: &Context,
-        inputs: &[Input],
-        shards: u32,
-    ) -> Result<Manifest> {
-        let cfg: geoloc_preprocess::Config = parse_config(decl)?;
-        Ok(geoloc_preprocess::finalize(
-            &cfg,
-            ctx,
-            single_input(decl, inputs)?,
-            shards,
-        )?)
-    }
-    fn check_output(&self, dir: &Path) -> Result<()> {
-        geoloc_preprocess::open(dir).context("images dataset")?;
-        Ok(())
-    }
+        impl Stage for $name {
+            fn format_version(&self) -> u32 {
+                $krate::FORMAT_VERSION
+            }
+            fn config_json(&self, decl: &StageDecl, _ctx: &Context) -> Result<serde_json::Value> {
+                let cfg: $krate::Config = parse_config(decl)?;
+                Ok(serde_json::to_value(cfg)?)
+            }
+            fn fingerprint(
+                &self,
+                decl: &StageDecl,
+                ctx: &Context,
+                inputs: &[Input],
+            ) -> Result<String> {
+                let cfg: $krate::Config = parse_config(decl)?;
+                Ok($krate::fingerprint(&cfg, ctx, single_input(decl, inputs)?)?)
+            }
+            fn run(&self, decl: &StageDecl, ctx: &Context, inputs: &[Input]) -> Result<String> {
+                let cfg: $krate::Config = parse_config(decl)?;
+                let s = $krate::run(&cfg, ctx, single_input(decl, inputs)?)?;
+                Ok(s.line())
+            }
+            fn finalize(
+                &self,
+                decl: &StageDecl,
+                ctx: &Context,
+                inputs: &[Input],
+                shards: u32,
+            ) -> Result<Manifest> {
+                let cfg: $krate::Config = parse_config(decl)?;
+                Ok($krate::finalize(
+                    &cfg,
+                    ctx,
+                    single_input(decl, inputs)?,
+                    shards,
+                )?)
+            }
+            fn check_output(&self, dir: &Path) -> Result<()> {
+                $krate::open(dir).context($what)?;
+                Ok(())
+            }
+        }
+    };
 }
 
-struct Featurize;
-
-impl Stage for Featurize {
-    fn format_version(&self) -> u32 {
-        geoloc_featurize::FORMAT_VERSION
-    }
-    fn config_json(&self, decl: &StageDecl, _ctx: &Context) -> Result<serde_json::Value> {
-        let cfg: geoloc_featurize::Config = parse_config(decl)?;
-        Ok(serde_json::to_value(cfg)?)
-    }
-    fn fingerprint(&self, decl: &StageDecl, ctx: &Context, inputs: &[Input]) -> Result<String> {
-        let cfg: geoloc_featurize::Config = parse_config(decl)?;
-        Ok(geoloc_featurize::fingerprint(
-            &cfg,
-            ctx,
-            single_input(decl, inputs)?,
-        )?)
-    }
-    fn run(&self, decl: &StageDecl, ctx: &Context, inputs: &[Input]) -> Result<String> {
-        let cfg: geoloc_featurize::Config = parse_config(decl)?;
-        let s = geoloc_featurize::run(&cfg, ctx, single_input(decl, inputs)?)?;
-        Ok(s.line())
-    }
-    fn finalize(
-        &self,
-        decl: &StageDecl,
-        ctx: &Context,
-        inputs: &[Input],
-        shards: u32,
-    ) -> Result<Manifest> {
-        let cfg: geoloc_featurize::Config = parse_config(decl)?;
-        Ok(geoloc_featurize::finalize(
-            &cfg,
-            ctx,
-            single_input(decl, inputs)?,
-            shards,
-        )?)
-    }
-    fn check_output(&self, dir: &Path) -> Result<()> {
-        geoloc_featurize::open(dir).context("features dataset")?;
-        Ok(())
-    }
-}
+single_input_stage!(Preprocess, geoloc_preprocess, "images dataset");
+single_input_stage!(Featurize, geoloc_featurize, "features dataset");

@@ -20,6 +20,13 @@ impl Shard {
     /// The whole job in one process.
     pub const ALL: Shard = Shard { index: 0, count: 1 };
 
+    /// This shard's contiguous share of `n` ordered rows: the shards' ranges cover `0..n`
+    /// once, in order, and differ in length by at most one.
+    pub fn range(&self, n: u64) -> std::ops::Range<u64> {
+        let (i, c) = (self.index as u64, self.count as u64);
+        (n * i / c)..(n * (i + 1) / c)
+    }
+
     /// A checked shard.
     pub fn new(index: u32, count: u32) -> Result<Self> {
         if count == 0 {
@@ -115,6 +122,18 @@ impl FromStr for Shard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ranges_cover_every_row_once_in_order() {
+        for n in [0u64, 1, 7, 100, 101] {
+            for c in 1..=5u32 {
+                let v: Vec<u64> = (0..c)
+                    .flat_map(|i| Shard::new(i, c).unwrap().range(n))
+                    .collect();
+                assert_eq!(v, (0..n).collect::<Vec<_>>(), "n={n} c={c}");
+            }
+        }
+    }
     use std::collections::HashMap;
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {

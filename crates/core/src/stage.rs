@@ -24,6 +24,21 @@ impl Context {
     pub fn resolve(&self, p: &Path) -> PathBuf {
         crate::config::resolve(&self.root, p)
     }
+
+    /// A progress bar `STAGE [bar] pos/len UNIT (rate, eta)`, hidden unless `progress`.
+    pub fn progress_bar(&self, stage: &str, n: u64, unit: &str) -> indicatif::ProgressBar {
+        if !self.progress {
+            return indicatif::ProgressBar::hidden();
+        }
+        let bar = indicatif::ProgressBar::new(n);
+        let template =
+            format!("{stage} {{bar:40}} {{pos}}/{{len}} {unit} ({{per_sec}}, {{eta}} left)");
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(&template)
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    }
 }
 
 /// The build id: crate version, plus the commit when the build recorded one.

@@ -227,12 +227,6 @@ pub fn fingerprint(cfg: &Config, ctx: &Context, images: &Input) -> Result<String
     Ok(fp.finish())
 }
 
-/// The rows of `shard` among `count`: a contiguous range, so output keeps input order.
-fn shard_range(n: u64, index: u32, count: u32) -> std::ops::Range<u64> {
-    let (i, c) = (index as u64, count as u64);
-    (n * i / c)..(n * (i + 1) / c)
-}
-
 /// Runs featurize for `ctx.shard`: writes that shard's parts and marker, keeping the parts
 /// a killed earlier run of the same fingerprint closed.
 pub fn run(cfg: &Config, ctx: &Context, images: &Input) -> Result<Summary, Error> {
@@ -245,7 +239,7 @@ pub fn run(cfg: &Config, ctx: &Context, images: &Input) -> Result<Summary, Error
     let dtype = backbone::parse_dtype(&cfg.dtype)?;
     let net = Backbone::load(cfg.spec(), source.as_ref(), &device, dtype)?;
     let ds = Dataset::open(&images.dir, &schema::images(w, h))?;
-    let range = shard_range(ds.manifest.rows, ctx.shard.index, ctx.shard.count);
+    let range = ctx.shard.range(ds.manifest.rows);
     let out_schema = schema::features(dim);
     let wopts = WriterOptions {
         format: dataset::PartFormat::Parquet,
@@ -268,7 +262,7 @@ pub fn run(cfg: &Config, ctx: &Context, images: &Input) -> Result<Summary, Error
             summary.resumed
         );
     }
-    let bar = progress(ctx, todo.end - todo.start);
+    let bar = ctx.progress_bar(KIND, todo.end - todo.start, "images");
     let batch = cfg.batch.unwrap_or(32).max(1);
     let item = Arc::new(Field::new(
         "item",
@@ -341,20 +335,6 @@ pub fn run(cfg: &Config, ctx: &Context, images: &Input) -> Result<Summary, Error
     writer.finish(metadata(cfg, images, dim, &identity))?;
     summary.seconds = t0.elapsed().as_secs_f64();
     Ok(summary)
-}
-
-fn progress(ctx: &Context, n: u64) -> indicatif::ProgressBar {
-    if !ctx.progress {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(n);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "featurize {bar:40} {pos}/{len} images ({per_sec}, {eta} left)",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    bar
 }
 
 /// What readers need to know about the features; identical in every shard.
@@ -468,15 +448,5 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("/project/data/w.pth not found"), "{e}");
-    }
-
-    #[test]
-    fn shard_ranges_cover_every_row_once() {
-        for n in [0u64, 1, 9, 100] {
-            for c in 1..=4u32 {
-                let v: Vec<u64> = (0..c).flat_map(|i| shard_range(n, i, c)).collect();
-                assert_eq!(v, (0..n).collect::<Vec<_>>());
-            }
-        }
     }
 }

@@ -213,12 +213,6 @@ pub fn fingerprint(cfg: &Config, ctx: &Context, samples: &Input) -> Result<Strin
     Ok(fp.finish())
 }
 
-/// The rows of `shard` among `n`: a contiguous range, so output keeps samples order.
-fn shard_range(n: usize, index: u32, count: u32) -> std::ops::Range<usize> {
-    let (i, c) = (index as usize, count as usize);
-    (n * i / c)..(n * (i + 1) / c)
-}
-
 /// What a chunk of photos gave, in order.
 enum Outcome {
     Ok {
@@ -266,7 +260,8 @@ pub fn run(cfg: &Config, ctx: &Context, samples: &Input) -> Result<Summary, Erro
     let t0 = Instant::now();
     let root = images_root(cfg, ctx, samples)?;
     let all = photos(cfg, samples)?;
-    let mine = &all[shard_range(all.len(), ctx.shard.index, ctx.shard.count)];
+    let range = ctx.shard.range(all.len() as u64);
+    let mine = &all[range.start as usize..range.end as usize];
     let (w, h) = cfg.geometry.output_size();
     let opts = PrepareOptions {
         decode: geoloc_imaging::DecodeOptions {
@@ -288,7 +283,7 @@ pub fn run(cfg: &Config, ctx: &Context, samples: &Input) -> Result<Summary, Erro
         ..Default::default()
     };
     let mut writer = DatasetWriter::create(&ctx.out_dir, schema.clone(), ctx.shard, wopts)?;
-    let bar = progress(ctx, mine.len() as u64);
+    let bar = ctx.progress_bar(KIND, mine.len() as u64, "photos");
     let chunk = cfg.chunk.unwrap_or(64).max(1);
     let tensor = cfg.geometry.tensor_bytes();
     let mut summary = Summary {
@@ -364,20 +359,6 @@ pub fn run(cfg: &Config, ctx: &Context, samples: &Input) -> Result<Summary, Erro
     Ok(summary)
 }
 
-fn progress(ctx: &Context, n: u64) -> indicatif::ProgressBar {
-    if !ctx.progress {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(n);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "preprocess {bar:40} {pos}/{len} photos ({per_sec}, {eta} left)",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    bar
-}
-
 /// What readers need to know about the pixels; identical in every shard.
 fn metadata(cfg: &Config) -> serde_json::Value {
     let (w, h) = cfg.geometry.output_size();
@@ -438,16 +419,6 @@ pub fn open(dir: &Path) -> Result<Dataset, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn shard_ranges_cover_every_row_once_in_order() {
-        for n in [0usize, 1, 7, 100, 101] {
-            for c in 1..=5u32 {
-                let v: Vec<usize> = (0..c).flat_map(|i| shard_range(n, i, c)).collect();
-                assert_eq!(v, (0..n).collect::<Vec<_>>(), "n={n} c={c}");
-            }
-        }
-    }
 
     #[test]
     fn config_reads_from_toml() {
