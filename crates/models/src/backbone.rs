@@ -422,3 +422,55 @@ pub fn weights_checksum(path: &Path) -> std::io::Result<String> {
     h.update_mmap(path)?;
     Ok(h.finalize().to_hex().to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One 2x1 image, pixels (R, G, B) = (10, 20, 30) and (200, 100, 0), through each
+    /// normalisation, against the formulas written out by hand.
+    #[test]
+    fn normalisations_match_their_definitions() {
+        let px: &[u8] = &[10, 20, 30, 200, 100, 0];
+        let close = |a: &[f32], b: &[f32]| {
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-5)
+        };
+        let imagenet = to_nchw(&[px], 2, 1, Normalisation::Imagenet);
+        let want: Vec<f32> = [(0, 0.485, 0.229), (1, 0.456, 0.224), (2, 0.406, 0.225)]
+            .iter()
+            .flat_map(|&(c, m, s)| [px[c], px[3 + c]].map(|v| (v as f32 / 255.0 - m) / s))
+            .collect();
+        assert!(close(&imagenet, &want), "{imagenet:?} vs {want:?}");
+        // Caffe: channel 0 is blue minus 104, then green minus 117, red minus 123.
+        let caffe = to_nchw(&[px], 2, 1, Normalisation::CaffeBgr);
+        assert!(
+            close(
+                &caffe,
+                &[
+                    30.0 - 104.0,
+                    0.0 - 104.0,
+                    20.0 - 117.0,
+                    100.0 - 117.0,
+                    10.0 - 123.0,
+                    200.0 - 123.0
+                ]
+            ),
+            "{caffe:?}"
+        );
+        let lite = to_nchw(&[px], 2, 1, Normalisation::TfLite);
+        assert!(
+            close(
+                &lite,
+                &[
+                    -117.0 / 128.0,
+                    73.0 / 128.0,
+                    -107.0 / 128.0,
+                    -27.0 / 128.0,
+                    -97.0 / 128.0,
+                    -127.0 / 128.0
+                ]
+            ),
+            "{lite:?}"
+        );
+    }
+}
