@@ -13,5 +13,8 @@ pub mod checkpoint;
 pub mod conv;
 pub mod efficientnet;
 pub mod googlenet;
+pub mod heads;
+pub mod optim;
+pub mod rng;
 pub mod vgg;
 pub mod weights;

@@ -111,20 +111,11 @@ impl WeightMap {
         }
         let fan_in: usize = shape[1..].iter().product();
         let bound = 1.0 / (fan_in.max(1) as f32).sqrt();
-        // FNV-1a of the name, mixed with the seed, drives a splitmix64 stream.
-        let mut s = name.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        // FNV-1a of the name, mixed with the seed, seeds a splitmix64 stream.
+        let s = name.bytes().fold(0xcbf29ce484222325u64, |h, b| {
             (h ^ b as u64).wrapping_mul(0x100000001b3)
         }) ^ seed.wrapping_mul(0x9e3779b97f4a7c15);
-        let v: Vec<f32> = (0..n)
-            .map(|_| {
-                s = s.wrapping_add(0x9e3779b97f4a7c15);
-                let mut z = s;
-                z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
-                z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
-                z ^= z >> 31;
-                ((z >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * bound
-            })
-            .collect();
+        let v = crate::rng::SplitMix64::new(s).uniform(n, bound);
         Tensor::from_vec(v, shape, &Device::Cpu)
     }
 
