@@ -75,6 +75,43 @@ impl Sgd {
             let Some(g) = grads.get(var.as_tensor()) else {
                 continue;
             };
+            let p = var.as_tensor();
+            if p.device().is_cpu() && p.dtype() == candle_core::DType::F32 {
+                // One pass over parameter, gradient and buffer instead of a tensor per
+                // operation (the update's arithmetic is the same, element by element).
+                let mut pv = p.flatten_all()?.to_vec1::<f32>()?;
+                let gv = g.flatten_all()?.to_vec1::<f32>()?;
+                let mut bv = match buf.take() {
+                    Some(b) => Some(b.flatten_all()?.to_vec1::<f32>()?),
+                    None => None,
+                };
+                let first = bv.is_none();
+                let (lr, m, d, wd) = (
+                    c.lr as f32,
+                    c.momentum as f32,
+                    c.dampening as f32,
+                    c.weight_decay as f32,
+                );
+                if m != 0.0 && first {
+                    bv = Some(vec![0.0; pv.len()]);
+                }
+                for i in 0..pv.len() {
+                    let mut gi = gv[i];
+                    if wd != 0.0 {
+                        gi += wd * pv[i];
+                    }
+                    if let Some(b) = bv.as_mut() {
+                        b[i] = if first { gi } else { m * b[i] + (1.0 - d) * gi };
+                        gi = if c.nesterov { gi + m * b[i] } else { b[i] };
+                    }
+                    pv[i] -= lr * gi;
+                }
+                var.set(&Tensor::from_vec(pv, p.shape(), p.device())?)?;
+                if let Some(b) = bv {
+                    *buf = Some(Tensor::from_vec(b, p.shape(), p.device())?);
+                }
+                continue;
+            }
             let mut g = g.clone();
             if c.weight_decay != 0.0 {
                 g = (g + (var.as_tensor() * c.weight_decay)?)?;

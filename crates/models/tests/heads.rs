@@ -131,3 +131,55 @@ fn dropout_drops_at_its_rate_scales_the_rest_and_is_seeded() {
     let m2 = Mlp::new(MlpConfig::paper(100, 5), 1, &Device::Cpu).unwrap();
     assert_eq!(values(&m2.forward(&x, None).unwrap()), values(&y1));
 }
+
+/// The fused CPU f32 update and the tensor-op update (other devices and dtypes; here f64)
+/// agree over several steps, in both momentum modes.
+#[test]
+fn fused_and_tensor_updates_agree() {
+    use candle_core::Var;
+    for nesterov in [true, false] {
+        let cfg = SgdConfig {
+            lr: 0.1,
+            momentum: 0.9,
+            dampening: if nesterov { 0.0 } else { 0.2 },
+            weight_decay: 0.05,
+            nesterov,
+        };
+        let init: Vec<f32> = (0..12).map(|i| i as f32 * 0.3 - 1.5).collect();
+        let k = Tensor::from_vec(
+            (0..12).map(|i| 1.0 + i as f32 * 0.1).collect::<Vec<_>>(),
+            12,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let p32 =
+            Var::from_tensor(&Tensor::from_vec(init.clone(), 12, &Device::Cpu).unwrap()).unwrap();
+        let p64 = Var::from_tensor(&p32.as_tensor().to_dtype(DType::F64).unwrap()).unwrap();
+        let k64 = k.to_dtype(DType::F64).unwrap();
+        let mut s32 = Sgd::new(vec![p32.clone()], cfg).unwrap();
+        let mut s64 = Sgd::new(vec![p64.clone()], cfg).unwrap();
+        for _ in 0..4 {
+            let l32 = (p32.as_tensor().sqr().unwrap() * &k)
+                .unwrap()
+                .sum_all()
+                .unwrap();
+            s32.step(&l32.backward().unwrap()).unwrap();
+            let l64 = (p64.as_tensor().sqr().unwrap() * &k64)
+                .unwrap()
+                .sum_all()
+                .unwrap();
+            s64.step(&l64.backward().unwrap()).unwrap();
+        }
+        let a = values(p32.as_tensor());
+        let b = values(p64.as_tensor());
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() < 1e-5, "nesterov {nesterov}: {x} vs {y}");
+        }
+        assert!(
+            a.iter()
+                .zip(&init)
+                .any(|(x, y)| (x - *y as f64).abs() > 0.1),
+            "it moved"
+        );
+    }
+}

@@ -1,0 +1,66 @@
+//! Seconds per epoch of the paper's MLP head (candle autograd + the project's SGD) on random
+//! features, to compare with the peers' `train_torch.py` (same N, D, batch, Nesterov SGD):
+//! `RAYON_NUM_THREADS=T cargo run --release -p geoloc-models --example train_throughput --
+//! [N] [D] [EPOCHS]`.
+use candle_core::{DType, Device, Tensor};
+use geoloc_models::heads::{Mlp, MlpConfig};
+use geoloc_models::optim::{Sgd, SgdConfig};
+use geoloc_models::rng::SplitMix64;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> candle_core::Result<()> {
+    let mut a = std::env::args().skip(1);
+    let n: usize = a.next().and_then(|v| v.parse().ok()).unwrap_or(130_000);
+    let d: usize = a.next().and_then(|v| v.parse().ok()).unwrap_or(1000);
+    let epochs: usize = a.next().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let dev = Device::Cpu;
+    let mut rng = SplitMix64::new(2024);
+    let x = Tensor::from_vec(rng.uniform(n * d, 1.7), (n, d), &dev)?;
+    let y: Vec<u32> = (0..n).map(|_| (rng.next_u64() % 5) as u32).collect();
+    let y = Tensor::from_vec(y, n, &dev)?;
+    let mlp = Mlp::new(MlpConfig::paper(d, 5), 0, &dev)?;
+    let mut sgd = Sgd::new(
+        mlp.vars(),
+        SgdConfig {
+            lr: 0.01,
+            momentum: 0.9,
+            dampening: 0.0,
+            weight_decay: 0.0,
+            nesterov: true,
+        },
+    )?;
+    let mut drop = SplitMix64::new(1);
+    let mut times = Vec::new();
+    for ep in 0..epochs {
+        let t0 = std::time::Instant::now();
+        // Shuffle (Fisher-Yates on our generator), then gather batches of 500.
+        let mut perm: Vec<u32> = (0..n as u32).collect();
+        for i in (1..n).rev() {
+            perm.swap(i, (drop.next_u64() % (i as u64 + 1)) as usize);
+        }
+        let mut tot = 0f32;
+        let mut nb = 0;
+        for chunk in perm.chunks(500) {
+            let idx = Tensor::from_slice(chunk, chunk.len(), &dev)?;
+            let xb = x.index_select(&idx, 0)?;
+            let yb = y.index_select(&idx, 0)?;
+            let out = mlp.forward(&xb, Some(&mut drop))?;
+            let loss = candle_nn::loss::cross_entropy(&out, &yb)?;
+            let g = loss.backward()?;
+            sgd.step(&g)?;
+            tot += loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+            nb += 1;
+        }
+        let s = t0.elapsed().as_secs_f64();
+        eprintln!("epoch {ep}: {s:.2}s loss {:.4}", tot / nb as f32);
+        times.push(s);
+    }
+    times.sort_by(f64::total_cmp);
+    println!(
+        "train mlp n={n} d={d} s_per_epoch={:.3}",
+        times[times.len() / 2]
+    );
+    Ok(())
+}
