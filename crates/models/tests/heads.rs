@@ -183,3 +183,65 @@ fn fused_and_tensor_updates_agree() {
         );
     }
 }
+
+/// The written-out CPU training step equals candle's autograd + `Sgd` on the same MLP, with
+/// dropout on and the same masks (same generator, same order), for both losses.
+#[test]
+fn cpu_trainer_equals_autograd_with_dropout() {
+    use geoloc_models::heads::{CpuMlpTrainer, Target};
+    let config = MlpConfig {
+        input: 12,
+        hidden: 9,
+        outputs: 4,
+        dropout: [0.2, 0.5, 0.5],
+    };
+    let sgd = SgdConfig {
+        lr: 0.05,
+        momentum: 0.9,
+        dampening: 0.0,
+        weight_decay: 0.01,
+        nesterov: true,
+    };
+    let mut data = SplitMix64::new(77);
+    let n = 20;
+    let x = data.uniform(n * 12, 2.0);
+    let labels: Vec<u32> = (0..n).map(|_| (data.next_u64() % 4) as u32).collect();
+    let values_t = data.uniform(n * 4, 1.0);
+    for classes in [true, false] {
+        let reference = Mlp::new(config.clone(), 4, &Device::Cpu).unwrap();
+        let mut fast = CpuMlpTrainer::new(&reference, sgd).unwrap();
+        let mut opt = Sgd::new(reference.vars(), sgd).unwrap();
+        let (mut r1, mut r2) = (SplitMix64::new(8), SplitMix64::new(8));
+        let xt = Tensor::from_vec(x.clone(), (n, 12), &Device::Cpu).unwrap();
+        for step in 0..5 {
+            let out = reference.forward(&xt, Some(&mut r1)).unwrap();
+            let loss = if classes {
+                let y = Tensor::from_vec(labels.clone(), n, &Device::Cpu).unwrap();
+                candle_nn::loss::cross_entropy(&out, &y).unwrap()
+            } else {
+                let t = Tensor::from_vec(values_t.clone(), (n, 4), &Device::Cpu).unwrap();
+                candle_nn::loss::mse(&out, &t).unwrap()
+            };
+            opt.step(&loss.backward().unwrap()).unwrap();
+            let target = if classes {
+                Target::Classes(&labels)
+            } else {
+                Target::Values(&values_t)
+            };
+            let got = fast.step(&x, target, &mut r2).unwrap();
+            let want = loss.to_scalar::<f32>().unwrap();
+            assert!(
+                (got - want).abs() < 1e-5 * want.abs().max(1.0),
+                "step {step}: loss {got} vs {want}"
+            );
+        }
+        let trained = fast.to_mlp(&Device::Cpu).unwrap();
+        for ((n1, a), (_, b)) in trained.named().iter().zip(reference.named().iter()) {
+            let err = relative_error(a, b);
+            assert!(
+                err < 1e-4,
+                "classes {classes} {n1}: max error / std = {err:e}"
+            );
+        }
+    }
+}
