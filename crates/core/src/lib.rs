@@ -21,6 +21,7 @@ pub mod fingerprint;
 pub mod fixtures;
 pub mod geo;
 pub mod parquet_writer;
+pub mod rng;
 pub mod schema;
 pub mod shard;
 pub mod stage;

@@ -216,15 +216,9 @@ fn windows(rw: u32, rh: u32, c: u32, views: &Views, seed: u64) -> Vec<(u32, u32,
             five.into_iter().chain(mirrored).collect()
         }
         Views::Random { n, .. } => {
-            let mut s = seed;
-            let mut next = || {
-                // splitmix64: a fixed, documented sequence for a given seed.
-                s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-                let mut z = s;
-                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-                z ^ (z >> 31)
-            };
+            // splitmix64: a fixed, documented sequence for a given seed.
+            let mut rng = geoloc_core::rng::SplitMix64::new(seed);
+            let mut next = || rng.next_u64();
             let mut v = vec![centre];
             for _ in 0..n {
                 let x = (next() % (rw - c + 1) as u64) as u32;

@@ -9,16 +9,12 @@
 
 use image::{Rgb, RgbImage};
 
-/// A seeded splitmix64 stream.
-struct Rng(u64);
+/// The project's seeded stream, with the draw this module needs.
+struct Rng(geoloc_core::rng::SplitMix64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
     /// Uniform integer in [lo, hi].
     fn range(&mut self, lo: i32, hi: i32) -> i32 {
@@ -46,7 +42,7 @@ fn clamp(v: i32) -> u8 {
 
 /// Draws the photo of one demo row.
 pub fn photo(seed: u64, country: &str, lat: f64, width: u32, height: u32) -> RgbImage {
-    let mut r = Rng(seed);
+    let mut r = Rng(geoloc_core::rng::SplitMix64::new(seed));
     let (ground, angle, period, buildings, roof) = style(country);
     let ground = ground.map(|c| c + r.range(-30, 30));
     let roof = roof.map(|c| c + r.range(-30, 30));

@@ -1,8 +1,8 @@
 //! Synthetic MediaEval 2015 locale files for the demo pipeline and the tests: seeded,
 //! byte-identical for a given `(rows, seed)` on every machine.
 //!
-//! The generator is a splitmix64 stream written here rather than a `rand` distribution: the
-//! demo's data must not change when a dependency's sampling algorithm does.
+//! The generator is the project's splitmix64 (`geoloc_core::rng`) rather than a `rand`
+//! distribution: the demo's data must not change when a dependency's sampling algorithm does.
 //!
 //! It writes `train.tsv` (7 columns, with coordinates), `test.tsv` (coordinates left empty,
 //! as in the real test file) and `truth.csv` (`hash,lat,lon` for the test rows), and salts the
@@ -12,36 +12,7 @@ use std::fmt::Write as _;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-/// A seeded splitmix64 generator.
-#[derive(Debug, Clone)]
-pub struct SplitMix64(u64);
-
-impl SplitMix64 {
-    pub fn new(seed: u64) -> Self {
-        SplitMix64(seed)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [0, 1).
-    pub fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    /// Standard normal (Box-Muller).
-    pub fn normal(&mut self) -> f64 {
-        let u1 = self.uniform().max(1e-300);
-        let u2 = self.uniform();
-        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-    }
-    /// Uniform integer in [0, n).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n.max(1)
-    }
-}
+pub use geoloc_core::rng::SplitMix64;
 
 /// (country, region, city, lat, lon, weight): the paper's five countries and a few others.
 pub const GAZETTEER: &[(&str, &str, &str, f64, f64, u32)] = &[

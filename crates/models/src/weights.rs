@@ -115,7 +115,7 @@ impl WeightMap {
         let s = name.bytes().fold(0xcbf29ce484222325u64, |h, b| {
             (h ^ b as u64).wrapping_mul(0x100000001b3)
         }) ^ seed.wrapping_mul(0x9e3779b97f4a7c15);
-        let v = crate::rng::SplitMix64::new(s).uniform(n, bound);
+        let v = geoloc_core::rng::SplitMix64::new(s).uniform_f32(n, bound);
         Tensor::from_vec(v, shape, &Device::Cpu)
     }
 
