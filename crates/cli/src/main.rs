@@ -66,6 +66,9 @@ enum Cmd {
     Preprocess(StageArgs),
     /// Run the featurize stage: pixel tensors to feature vectors (CNN backbone or HOG).
     Featurize(FeaturizeArgs),
+    /// Run the train stage: features (or pixels) and samples to a trained head (a model
+    /// directory). Resumes from the checkpoint a killed run of the same fingerprint left.
+    Train(TrainArgs),
     /// Commit a sharded instance once all its shards have run (writes _manifest.json).
     Finalize {
         pipeline: PathBuf,
@@ -178,6 +181,38 @@ struct FeaturizeArgs {
     seed: Option<u64>,
 }
 
+#[derive(Args)]
+struct TrainArgs {
+    #[command(flatten)]
+    stage: StageArgs,
+    /// Run on this device: cpu, cuda, cuda:N (CUDA needs a build with `--features cuda`).
+    #[arg(long)]
+    device: Option<String>,
+    /// Require a checkpoint to continue from (an error when there is none); without it a
+    /// usable checkpoint is still taken up.
+    #[arg(long)]
+    resume: bool,
+    /// Write a checkpoint every N epochs.
+    #[arg(long)]
+    checkpoint_every: Option<usize>,
+}
+
+impl TrainArgs {
+    fn overrides(&self) -> toml::Table {
+        let mut t = toml::Table::new();
+        if let Some(d) = &self.device {
+            t.insert("device".into(), d.clone().into());
+        }
+        if self.resume {
+            t.insert("resume".into(), true.into());
+        }
+        if let Some(n) = self.checkpoint_every {
+            t.insert("checkpoint_every".into(), (n as i64).into());
+        }
+        t
+    }
+}
+
 impl FeaturizeArgs {
     /// The config values the flags set.
     fn overrides(&self) -> toml::Table {
@@ -282,6 +317,10 @@ fn real_main(cli: Cli) -> Result<()> {
         Cmd::Featurize(a) => {
             let overrides = a.overrides();
             stage_cmd(geoloc_featurize::KIND, a.stage, overrides, progress)?
+        }
+        Cmd::Train(a) => {
+            let overrides = a.overrides();
+            stage_cmd(geoloc_train::KIND, a.stage, overrides, progress)?
         }
         Cmd::Finalize {
             pipeline,

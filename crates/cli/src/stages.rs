@@ -35,11 +35,13 @@ pub fn lookup(kind: &str) -> Result<Box<dyn Stage>> {
         geoloc_ingest::KIND => Ok(Box::new(Ingest)),
         geoloc_preprocess::KIND => Ok(Box::new(Preprocess)),
         geoloc_featurize::KIND => Ok(Box::new(Featurize)),
+        geoloc_train::KIND => Ok(Box::new(Train)),
         other => Err(anyhow!(
-            "unknown stage kind `{other}` (known: {}, {}, {})",
+            "unknown stage kind `{other}` (known: {}, {}, {}, {})",
             geoloc_ingest::KIND,
             geoloc_preprocess::KIND,
-            geoloc_featurize::KIND
+            geoloc_featurize::KIND,
+            geoloc_train::KIND
         )),
     }
 }
@@ -156,3 +158,38 @@ macro_rules! single_input_stage {
 
 single_input_stage!(Preprocess, geoloc_preprocess, "images dataset");
 single_input_stage!(Featurize, geoloc_featurize, "features dataset");
+
+/// train reads two inputs (features or images, and samples) and writes a model directory.
+struct Train;
+
+impl Stage for Train {
+    fn format_version(&self) -> u32 {
+        geoloc_train::FORMAT_VERSION
+    }
+    fn config_json(&self, decl: &StageDecl, _ctx: &Context) -> Result<serde_json::Value> {
+        let cfg: geoloc_train::Config = parse_config(decl)?;
+        Ok(serde_json::to_value(cfg)?)
+    }
+    fn fingerprint(&self, decl: &StageDecl, ctx: &Context, inputs: &[Input]) -> Result<String> {
+        let cfg: geoloc_train::Config = parse_config(decl)?;
+        Ok(geoloc_train::fingerprint(&cfg, ctx, inputs)?)
+    }
+    fn run(&self, decl: &StageDecl, ctx: &Context, inputs: &[Input]) -> Result<String> {
+        let cfg: geoloc_train::Config = parse_config(decl)?;
+        Ok(geoloc_train::run(&cfg, ctx, inputs)?.line())
+    }
+    fn finalize(
+        &self,
+        decl: &StageDecl,
+        ctx: &Context,
+        inputs: &[Input],
+        shards: u32,
+    ) -> Result<Manifest> {
+        let cfg: geoloc_train::Config = parse_config(decl)?;
+        Ok(geoloc_train::finalize(&cfg, ctx, inputs, shards)?)
+    }
+    fn check_output(&self, dir: &Path) -> Result<()> {
+        geoloc_train::open(dir).context("model directory")?;
+        Ok(())
+    }
+}

@@ -13,6 +13,7 @@
 //!
 //! Architecture invariant: this crate knows no stage. Stages depend on it, never the reverse.
 
+pub mod artifact;
 pub mod config;
 pub mod country;
 pub mod dataset;

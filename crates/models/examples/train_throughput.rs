@@ -3,9 +3,9 @@
 //! `RAYON_NUM_THREADS=T cargo run --release -p geoloc-models --example train_throughput --
 //! [N] [D] [EPOCHS]`.
 use candle_core::Device;
-use geoloc_models::heads::{CpuMlpTrainer, Mlp, MlpConfig, Target};
-use geoloc_models::optim::SgdConfig;
-use geoloc_models::rng::SplitMix64;
+use geoloc_core::rng::SplitMix64;
+use geoloc_models::heads::{CpuMlpTrainer, Loss, Mlp, MlpConfig, Target};
+use geoloc_models::optim::{OptimizerConfig, SgdConfig};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -17,18 +17,19 @@ fn main() -> candle_core::Result<()> {
     let epochs: usize = a.next().and_then(|v| v.parse().ok()).unwrap_or(3);
     let dev = Device::Cpu;
     let mut rng = SplitMix64::new(2024);
-    let x = rng.uniform(n * d, 1.7);
+    let x = rng.uniform_f32(n * d, 1.7);
     let y: Vec<u32> = (0..n).map(|_| (rng.next_u64() % 5) as u32).collect();
     let mlp = Mlp::new(MlpConfig::paper(d, 5), 0, &dev)?;
     let mut trainer = CpuMlpTrainer::new(
         &mlp,
-        SgdConfig {
+        OptimizerConfig::Sgd(SgdConfig {
             lr: 0.01,
             momentum: 0.9,
             dampening: 0.0,
             weight_decay: 0.0,
             nesterov: true,
-        },
+        }),
+        Loss::CrossEntropy,
     )?;
     let mut xb = Vec::with_capacity(500 * d);
     let mut yb = Vec::with_capacity(500);
@@ -50,7 +51,7 @@ fn main() -> candle_core::Result<()> {
                 xb.extend_from_slice(&x[r as usize * d..(r as usize + 1) * d]);
                 yb.push(y[r as usize]);
             }
-            tot += trainer.step(&xb, Target::Classes(&yb), &mut drop)?;
+            tot += trainer.step(&xb, Target::Classes(&yb), &mut drop)?.0;
             nb += 1;
         }
         let s = t0.elapsed().as_secs_f64();

@@ -3,8 +3,8 @@
 //! Lasagne, rectifies dense layers by default); its output is class scores (country) or two
 //! coordinates (regression), the loss is chosen by the trainer.
 
-use crate::rng::SplitMix64;
 use candle_core::{DType, Device, Result, Tensor, Var};
+use geoloc_core::rng::SplitMix64;
 
 /// The MLP's shape.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -51,8 +51,8 @@ impl Mlp {
         let mut layers = Vec::new();
         for (i, o) in config.dims() {
             let bound = 1.0 / (i as f32).sqrt();
-            let w = Tensor::from_vec(rng.uniform(i * o, bound), (o, i), device)?;
-            let b = Tensor::from_vec(rng.uniform(o, bound), o, device)?;
+            let w = Tensor::from_vec(rng.uniform_f32(i * o, bound), (o, i), device)?;
+            let b = Tensor::from_vec(rng.uniform_f32(o, bound), o, device)?;
             layers.push((Var::from_tensor(&w)?, Var::from_tensor(&b)?));
         }
         Ok(Mlp { config, layers })
@@ -138,27 +138,457 @@ pub fn dropout(x: &Tensor, p: f32, rng: &mut SplitMix64) -> Result<Tensor> {
     x * mask
 }
 
+/// A trainable head: features (or flattened pixels) in, class scores or coordinates out.
+pub trait Head: Send + Sync {
+    /// `[N, input] -> [N, outputs]`; with `train`, dropout (if any) draws its masks from it.
+    fn forward(&self, x: &Tensor, train: Option<&mut SplitMix64>) -> Result<Tensor>;
+    /// The trainable variables, in the order of [`Head::named`].
+    fn vars(&self) -> Vec<Var>;
+    /// The parameters by name, as saved in `model.safetensors`.
+    fn named(&self) -> Vec<(String, Tensor)>;
+}
+
+impl Head for Mlp {
+    fn forward(&self, x: &Tensor, train: Option<&mut SplitMix64>) -> Result<Tensor> {
+        Mlp::forward(self, x, train)
+    }
+    fn vars(&self) -> Vec<Var> {
+        Mlp::vars(self)
+    }
+    fn named(&self) -> Vec<(String, Tensor)> {
+        Mlp::named(self)
+    }
+}
+
+/// `n` values uniform in +-1/sqrt(fan_in), PyTorch's default for `nn.Linear` and `nn.Conv2d`.
+fn init_uniform(
+    rng: &mut SplitMix64,
+    shape: &[usize],
+    fan_in: usize,
+    device: &Device,
+) -> Result<Var> {
+    let n = shape.iter().product();
+    let bound = 1.0 / (fan_in.max(1) as f32).sqrt();
+    Var::from_tensor(&Tensor::from_vec(rng.uniform_f32(n, bound), shape, device)?)
+}
+
+/// Looks up a named tensor with its expected shape.
+fn take(get: &dyn Fn(&str) -> Option<Tensor>, name: &str, shape: &[usize]) -> Result<Var> {
+    let t = get(name).ok_or_else(|| candle_core::Error::Msg(format!("{name} missing")))?;
+    if t.dims() != shape {
+        candle_core::bail!("{name}: expected {shape:?}, found {:?}", t.dims());
+    }
+    Var::from_tensor(&t.to_dtype(DType::F32)?)
+}
+
+/// A linear map `[N, input] -> [N, outputs]`: the multi-class linear SVM of the paper's
+/// baseline when trained with [`Loss::SquaredHinge`] (one-vs-rest, as LIBLINEAR's and
+/// scikit-learn's `LinearSVC` default) and weight decay as its regularisation.
+pub struct Linear {
+    pub input: usize,
+    pub outputs: usize,
+    weight: Var,
+    bias: Var,
+}
+
+impl Linear {
+    pub fn new(input: usize, outputs: usize, seed: u64, device: &Device) -> Result<Self> {
+        let mut rng = SplitMix64::new(seed);
+        Ok(Linear {
+            input,
+            outputs,
+            weight: init_uniform(&mut rng, &[outputs, input], input, device)?,
+            bias: init_uniform(&mut rng, &[outputs], input, device)?,
+        })
+    }
+
+    pub fn from_tensors(
+        input: usize,
+        outputs: usize,
+        get: &dyn Fn(&str) -> Option<Tensor>,
+    ) -> Result<Self> {
+        Ok(Linear {
+            input,
+            outputs,
+            weight: take(get, "linear.weight", &[outputs, input])?,
+            bias: take(get, "linear.bias", &[outputs])?,
+        })
+    }
+}
+
+impl Head for Linear {
+    fn forward(&self, x: &Tensor, _train: Option<&mut SplitMix64>) -> Result<Tensor> {
+        x.matmul(&self.weight.as_tensor().t()?)?
+            .broadcast_add(self.bias.as_tensor())
+    }
+    fn vars(&self) -> Vec<Var> {
+        vec![self.weight.clone(), self.bias.clone()]
+    }
+    fn named(&self) -> Vec<(String, Tensor)> {
+        vec![
+            ("linear.weight".into(), self.weight.as_tensor().clone()),
+            ("linear.bias".into(), self.bias.as_tensor().clone()),
+        ]
+    }
+}
+
+/// The paper's "vanilla CNN" on small squashed photos.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SmallCnnConfig {
+    /// Input width and height in pixels (the paper: 52 x 48); 3 channels, HWC rows.
+    pub width: usize,
+    pub height: usize,
+    /// Filters of every 3x3 convolution (the paper: 32).
+    pub filters: usize,
+    /// Units of each of the two hidden fully connected layers (the paper: 256).
+    pub hidden: usize,
+    pub outputs: usize,
+}
+
+impl SmallCnnConfig {
+    /// The paper's network for `width` x `height` RGB inputs and `outputs` classes.
+    pub fn paper(width: usize, height: usize, outputs: usize) -> Self {
+        SmallCnnConfig {
+            width,
+            height,
+            filters: 32,
+            hidden: 256,
+            outputs,
+        }
+    }
+
+    /// Values per input row (`height * width * 3`).
+    pub fn input(&self) -> usize {
+        self.width * self.height * 3
+    }
+
+    /// Width of the flattened output of the three conv blocks (each halves, floor).
+    fn flat(&self) -> usize {
+        (self.width / 8) * (self.height / 8) * self.filters
+    }
+}
+
+/// `3 x [conv3x3 -> ReLU -> conv3x3 -> ReLU -> maxpool 2x2] -> FC -> ReLU -> FC -> ReLU ->
+/// FC`: the paper's small CNN trained from scratch (convolutions zero-padded to keep the
+/// size, pools dropping an odd last row or column; the last block's output flattened in HWC
+/// order). Weights are stored as PyTorch lays them out (`[F, C, 3, 3]`, `[out, in]`).
+pub struct SmallCnn {
+    pub config: SmallCnnConfig,
+    /// `conv{block}{0,1}`: (weight `[F, C, 3, 3]`, bias `[F]`).
+    convs: Vec<(Var, Var)>,
+    /// `fc{0,1,2}`: (weight `[out, in]`, bias `[out]`).
+    fcs: Vec<(Var, Var)>,
+}
+
+impl SmallCnn {
+    fn shapes(c: &SmallCnnConfig) -> (Vec<(String, [usize; 4])>, Vec<(String, [usize; 2])>) {
+        let mut convs = Vec::new();
+        let mut cin = 3;
+        for block in 0..3 {
+            for j in 0..2 {
+                convs.push((format!("conv{block}{j}"), [c.filters, cin, 3, 3]));
+                cin = c.filters;
+            }
+        }
+        let fcs = vec![
+            ("fc0".to_string(), [c.hidden, c.flat()]),
+            ("fc1".to_string(), [c.hidden, c.hidden]),
+            ("fc2".to_string(), [c.outputs, c.hidden]),
+        ];
+        (convs, fcs)
+    }
+
+    pub fn new(config: SmallCnnConfig, seed: u64, device: &Device) -> Result<Self> {
+        if config.width < 8 || config.height < 8 {
+            candle_core::bail!("small CNN needs at least 8x8 inputs (three 2x2 pools)");
+        }
+        let mut rng = SplitMix64::new(seed);
+        let (cs, fs) = Self::shapes(&config);
+        let mut convs = Vec::new();
+        for (_, s) in cs {
+            let fan_in = s[1] * 9;
+            convs.push((
+                init_uniform(&mut rng, &s, fan_in, device)?,
+                init_uniform(&mut rng, &[s[0]], fan_in, device)?,
+            ));
+        }
+        let mut fcs = Vec::new();
+        for (_, s) in fs {
+            fcs.push((
+                init_uniform(&mut rng, &s, s[1], device)?,
+                init_uniform(&mut rng, &[s[0]], s[1], device)?,
+            ));
+        }
+        Ok(SmallCnn { config, convs, fcs })
+    }
+
+    pub fn from_tensors(
+        config: SmallCnnConfig,
+        get: &dyn Fn(&str) -> Option<Tensor>,
+    ) -> Result<Self> {
+        let (cs, fs) = Self::shapes(&config);
+        let mut convs = Vec::new();
+        for (n, s) in cs {
+            convs.push((
+                take(get, &format!("{n}.weight"), &s)?,
+                take(get, &format!("{n}.bias"), &[s[0]])?,
+            ));
+        }
+        let mut fcs = Vec::new();
+        for (n, s) in fs {
+            fcs.push((
+                take(get, &format!("{n}.weight"), &s)?,
+                take(get, &format!("{n}.bias"), &[s[0]])?,
+            ));
+        }
+        Ok(SmallCnn { config, convs, fcs })
+    }
+}
+
+impl Head for SmallCnn {
+    /// Runs in NHWC: each 3x3 convolution is an im2col (the nine shifted windows of the
+    /// zero-padded input concatenated along channels) and one matrix product, and each
+    /// 2x2 max-pool a max over a reshape. Every step has candle's autograd, and the matrix
+    /// products run on `gemm`'s threads: candle's `conv2d` backward on the CPU took about 9x
+    /// as long for this network.
+    fn forward(&self, x: &Tensor, _train: Option<&mut SplitMix64>) -> Result<Tensor> {
+        let c = &self.config;
+        let n = x.dim(0)?;
+        let (mut hh, mut ww, mut ch) = (c.height, c.width, 3);
+        let mut h = x.reshape((n, hh, ww, ch))?;
+        for (k, (w, b)) in self.convs.iter().enumerate() {
+            // [F, C, 3, 3] -> [(dy, dx, c), F], the order of the concatenated windows.
+            let wm = w
+                .as_tensor()
+                .permute((2, 3, 1, 0))?
+                .reshape((9 * ch, c.filters))?;
+            let padded = h.pad_with_zeros(1, 1, 1)?.pad_with_zeros(2, 1, 1)?;
+            let mut windows = Vec::with_capacity(9);
+            for dy in 0..3 {
+                for dx in 0..3 {
+                    windows.push(padded.narrow(1, dy, hh)?.narrow(2, dx, ww)?);
+                }
+            }
+            let cols = Tensor::cat(&windows, 3)?.reshape((n * hh * ww, 9 * ch))?;
+            h = cols
+                .matmul(&wm)?
+                .broadcast_add(b.as_tensor())?
+                .relu()?
+                .reshape((n, hh, ww, c.filters))?;
+            ch = c.filters;
+            if k % 2 == 1 {
+                let (ph, pw) = (hh / 2, ww / 2);
+                h = h
+                    .narrow(1, 0, ph * 2)?
+                    .narrow(2, 0, pw * 2)?
+                    .reshape((n, ph, 2, pw, 2, ch))?
+                    .max(4)?
+                    .max(2)?;
+                hh = ph;
+                ww = pw;
+            }
+        }
+        let mut h = h.reshape((n, hh * ww * ch))?;
+        for (k, (w, b)) in self.fcs.iter().enumerate() {
+            h = h
+                .matmul(&w.as_tensor().t()?)?
+                .broadcast_add(b.as_tensor())?;
+            if k < 2 {
+                h = h.relu()?;
+            }
+        }
+        Ok(h)
+    }
+    fn vars(&self) -> Vec<Var> {
+        self.convs
+            .iter()
+            .chain(&self.fcs)
+            .flat_map(|(w, b)| [w.clone(), b.clone()])
+            .collect()
+    }
+    fn named(&self) -> Vec<(String, Tensor)> {
+        let (cs, fs) = Self::shapes(&self.config);
+        let names = cs
+            .into_iter()
+            .map(|x| x.0)
+            .chain(fs.into_iter().map(|x| x.0));
+        names
+            .zip(self.convs.iter().chain(&self.fcs))
+            .flat_map(|(n, (w, b))| {
+                [
+                    (format!("{n}.weight"), w.as_tensor().clone()),
+                    (format!("{n}.bias"), b.as_tensor().clone()),
+                ]
+            })
+            .collect()
+    }
+}
+
+/// Which head, with its shape: what `model.json` records so that evaluate and predict can
+/// rebuild it from `model.safetensors`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum HeadSpec {
+    /// The paper's MLP on CNN features.
+    Mlp(MlpConfig),
+    /// A linear map (the linear SVM on HOG features).
+    Linear { input: usize, outputs: usize },
+    /// The paper's small CNN on pixels.
+    SmallCnn(SmallCnnConfig),
+}
+
+impl HeadSpec {
+    /// Values per input row.
+    pub fn input(&self) -> usize {
+        match self {
+            HeadSpec::Mlp(c) => c.input,
+            HeadSpec::Linear { input, .. } => *input,
+            HeadSpec::SmallCnn(c) => c.input(),
+        }
+    }
+
+    /// Values per output row.
+    pub fn outputs(&self) -> usize {
+        match self {
+            HeadSpec::Mlp(c) => c.outputs,
+            HeadSpec::Linear { outputs, .. } => *outputs,
+            HeadSpec::SmallCnn(c) => c.outputs,
+        }
+    }
+
+    /// A freshly initialised head (seeded).
+    pub fn init(&self, seed: u64, device: &Device) -> Result<Box<dyn Head>> {
+        Ok(match self {
+            HeadSpec::Mlp(c) => Box::new(Mlp::new(c.clone(), seed, device)?),
+            HeadSpec::Linear { input, outputs } => {
+                Box::new(Linear::new(*input, *outputs, seed, device)?)
+            }
+            HeadSpec::SmallCnn(c) => Box::new(SmallCnn::new(c.clone(), seed, device)?),
+        })
+    }
+
+    /// The head from its named parameters (a saved model), every shape checked.
+    pub fn load(&self, get: &dyn Fn(&str) -> Option<Tensor>) -> Result<Box<dyn Head>> {
+        Ok(match self {
+            HeadSpec::Mlp(c) => Box::new(Mlp::from_tensors(c.clone(), get)?),
+            HeadSpec::Linear { input, outputs } => {
+                Box::new(Linear::from_tensors(*input, *outputs, get)?)
+            }
+            HeadSpec::SmallCnn(c) => Box::new(SmallCnn::from_tensors(c.clone(), get)?),
+        })
+    }
+}
+
 /// What a training batch is scored against.
+#[derive(Debug, Clone, Copy)]
 pub enum Target<'a> {
-    /// Class indices: softmax cross-entropy, mean over the batch.
+    /// Class indices, one per row.
     Classes(&'a [u32]),
-    /// `[N, outputs]` values, row-major: squared error, mean over all values.
+    /// `[N, outputs]` values, row-major.
     Values(&'a [f32]),
 }
 
-/// The MLP's training step on the CPU in f32, written out (forward, backward, SGD) over
-/// plain buffers: candle's autograd spent half of an epoch outside the matrix products
-/// (zero-filled gradient stores, accumulation, an allocation per operation). The same
-/// arithmetic as [`Mlp::forward`] + candle's backward + [`crate::optim::Sgd`], with the same
-/// dropout masks from the same generator (a test holds them equal).
+/// The training loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Loss {
+    /// Softmax cross-entropy over class scores, mean over the batch (`nn.CrossEntropyLoss`).
+    CrossEntropy,
+    /// Squared error, mean over all values (`nn.MSELoss`).
+    SquaredError,
+    /// One-vs-rest squared hinge, `sum_c max(0, 1 - y_c s_c)^2` with `y_c = +1` for the true
+    /// class and -1 for the others, mean over the batch (LIBLINEAR's L2-loss SVM).
+    SquaredHinge,
+}
+
+/// A batch's loss, its gradient with respect to the outputs, and how many rows' highest
+/// score is their class (0 for values).
+pub fn loss_and_grad(
+    loss: Loss,
+    out: &[f32],
+    out_dim: usize,
+    target: Target,
+) -> Result<(f32, Vec<f32>, usize)> {
+    let n = out.len() / out_dim.max(1);
+    if n == 0 || out.len() != n * out_dim {
+        candle_core::bail!("{} outputs are not [n, {out_dim}]", out.len());
+    }
+    let mut g = vec![0f32; out.len()];
+    match (loss, target) {
+        (Loss::CrossEntropy | Loss::SquaredHinge, Target::Classes(labels)) => {
+            if labels.len() != n {
+                candle_core::bail!("{} labels for {n} rows", labels.len());
+            }
+            let mut total = 0f64;
+            let mut correct = 0;
+            for (r, (row, &y)) in out.chunks_exact(out_dim).zip(labels).enumerate() {
+                let y = y as usize;
+                if y >= out_dim {
+                    candle_core::bail!("label {y} outside {out_dim} classes");
+                }
+                correct += (argmax(row) == y) as usize;
+                let gr = &mut g[r * out_dim..(r + 1) * out_dim];
+                if loss == Loss::CrossEntropy {
+                    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let sum: f32 = row.iter().map(|v| (v - max).exp()).sum();
+                    total += (sum.ln() + max - row[y]) as f64;
+                    for (j, v) in row.iter().enumerate() {
+                        let p = (v - max).exp() / sum;
+                        gr[j] = (p - (j == y) as u8 as f32) / n as f32;
+                    }
+                } else {
+                    for (j, s) in row.iter().enumerate() {
+                        let t = if j == y { 1.0 } else { -1.0 };
+                        let m = (1.0 - t * s).max(0.0);
+                        total += (m * m) as f64;
+                        gr[j] = -2.0 * t * m / n as f32;
+                    }
+                }
+            }
+            Ok(((total / n as f64) as f32, g, correct))
+        }
+        (Loss::SquaredError, Target::Values(t)) => {
+            if t.len() != out.len() {
+                candle_core::bail!("{} targets for {} outputs", t.len(), out.len());
+            }
+            let count = out.len() as f32;
+            let mut total = 0f64;
+            for ((gi, a), b) in g.iter_mut().zip(out).zip(t) {
+                total += ((a - b) * (a - b)) as f64;
+                *gi = 2.0 * (a - b) / count;
+            }
+            Ok(((total / count as f64) as f32, g, 0))
+        }
+        (l, _) => candle_core::bail!("loss {l:?} does not take this kind of target"),
+    }
+}
+
+/// Index of the largest value (the first on ties).
+pub fn argmax(row: &[f32]) -> usize {
+    let mut best = 0;
+    for (j, v) in row.iter().enumerate() {
+        if *v > row[best] {
+            best = j;
+        }
+    }
+    best
+}
+
+/// The MLP's training step on the CPU in f32, written out (forward, backward, optimiser
+/// update) over plain buffers: candle's autograd spent half of an epoch outside the matrix
+/// products (zero-filled gradient stores, accumulation, an allocation per operation). The
+/// same arithmetic as [`Mlp::forward`] + candle's backward + [`crate::optim`]'s update, with
+/// the same dropout masks from the same generator (a test holds them equal).
 pub struct CpuMlpTrainer {
     pub config: MlpConfig,
-    sgd: crate::optim::SgdConfig,
-    /// Per layer: weight `[out, in]` and bias, and their momentum buffers.
+    optimizer: crate::optim::OptimizerConfig,
+    loss: Loss,
+    /// Per layer: weight `[out, in]` and bias.
     w: Vec<Vec<f32>>,
     b: Vec<Vec<f32>>,
-    mw: Vec<Vec<f32>>,
-    mb: Vec<Vec<f32>>,
+    /// Per layer: the optimiser's state buffers of the weight and of the bias.
+    sw: Vec<Vec<Vec<f32>>>,
+    sb: Vec<Vec<Vec<f32>>>,
     steps: u64,
 }
 
@@ -206,22 +636,25 @@ fn gemm_strided(
 
 impl CpuMlpTrainer {
     /// Takes over `mlp`'s current parameters (f32, CPU).
-    pub fn new(mlp: &Mlp, sgd: crate::optim::SgdConfig) -> Result<Self> {
+    pub fn new(mlp: &Mlp, optimizer: crate::optim::OptimizerConfig, loss: Loss) -> Result<Self> {
+        optimizer.validate()?;
         let mut w = Vec::new();
         let mut b = Vec::new();
         for (wv, bv) in &mlp.layers {
             w.push(wv.as_tensor().flatten_all()?.to_vec1::<f32>()?);
             b.push(bv.as_tensor().to_vec1::<f32>()?);
         }
-        let mw = w.iter().map(|v| vec![0.0; v.len()]).collect();
-        let mb = b.iter().map(|v| vec![0.0; v.len()]).collect();
+        let k = optimizer.state_buffers();
+        let sw = w.iter().map(|v| vec![vec![0.0; v.len()]; k]).collect();
+        let sb = b.iter().map(|v| vec![vec![0.0; v.len()]; k]).collect();
         Ok(CpuMlpTrainer {
             config: mlp.config.clone(),
-            sgd,
+            optimizer,
+            loss,
             w,
             b,
-            mw,
-            mb,
+            sw,
+            sb,
             steps: 0,
         })
     }
@@ -241,8 +674,36 @@ impl CpuMlpTrainer {
         })
     }
 
-    /// One SGD step on a batch `x` (`[n, input]`, row-major); returns the batch loss.
-    pub fn step(&mut self, x: &[f32], target: Target, rng: &mut SplitMix64) -> Result<f32> {
+    /// The forward pass without dropout: `x` `[n, input]` to `[n, outputs]`, row-major.
+    pub fn predict(&self, x: &[f32]) -> Result<Vec<f32>> {
+        let dims = self.config.dims();
+        let n = x.len() / dims[0].0;
+        if x.len() != n * dims[0].0 {
+            candle_core::bail!("batch of {} values is not [n, {}]", x.len(), dims[0].0);
+        }
+        let mut h = x.to_vec();
+        for (k, (i, o)) in dims.into_iter().enumerate() {
+            let mut z = vec![0f32; n * o];
+            for row in z.chunks_exact_mut(o) {
+                row.copy_from_slice(&self.b[k]);
+            }
+            gemm_strided(n, o, i, &mut z, true, &h, (i, 1), &self.w[k], (1, i));
+            if k < 2 {
+                z.iter_mut().for_each(|v| *v = v.max(0.0));
+            }
+            h = z;
+        }
+        Ok(h)
+    }
+
+    /// One optimiser step on a batch `x` (`[n, input]`, row-major); returns the batch loss
+    /// and how many rows the pre-update network classified right (for class targets).
+    pub fn step(
+        &mut self,
+        x: &[f32],
+        target: Target,
+        rng: &mut SplitMix64,
+    ) -> Result<(f32, usize)> {
         let dims = self.config.dims();
         let n = x.len() / dims[0].0;
         if n == 0 || x.len() != n * dims[0].0 {
@@ -282,44 +743,7 @@ impl CpuMlpTrainer {
             pre.push(z);
             h = next;
         }
-        // Loss and its gradient with respect to the output.
-        let out_dim = dims[2].1;
-        let (loss, mut grad) = match target {
-            Target::Classes(labels) => {
-                if labels.len() != n {
-                    candle_core::bail!("{} labels for {n} rows", labels.len());
-                }
-                let mut g = vec![0f32; n * out_dim];
-                let mut loss = 0f64;
-                for (r, (row, &y)) in h.chunks_exact(out_dim).zip(labels).enumerate() {
-                    let y = y as usize;
-                    if y >= out_dim {
-                        candle_core::bail!("label {y} outside {out_dim} classes");
-                    }
-                    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let sum: f32 = row.iter().map(|v| (v - max).exp()).sum();
-                    loss += (sum.ln() + max - row[y]) as f64;
-                    for (j, v) in row.iter().enumerate() {
-                        let p = (v - max).exp() / sum;
-                        g[r * out_dim + j] = (p - (j == y) as u8 as f32) / n as f32;
-                    }
-                }
-                ((loss / n as f64) as f32, g)
-            }
-            Target::Values(t) => {
-                if t.len() != h.len() {
-                    candle_core::bail!("{} targets for {} outputs", t.len(), h.len());
-                }
-                let count = h.len() as f32;
-                let loss = h.iter().zip(t).map(|(a, b)| (a - b) * (a - b)).sum::<f32>() / count;
-                let g = h
-                    .iter()
-                    .zip(t)
-                    .map(|(a, b)| 2.0 * (a - b) / count)
-                    .collect();
-                (loss, g)
-            }
-        };
+        let (loss, mut grad, correct) = loss_and_grad(self.loss, &h, dims[2].1, target)?;
         // Backward, last layer first; each layer's parameter gradients, then the update.
         let mut grads_w: Vec<Vec<f32>> = vec![Vec::new(); 3];
         let mut grads_b: Vec<Vec<f32>> = vec![Vec::new(); 3];
@@ -349,34 +773,56 @@ impl CpuMlpTrainer {
                 grad = dx;
             }
         }
-        let c = self.sgd;
-        let first = self.steps == 0;
-        for k in 0..3 {
-            sgd_update(&mut self.w[k], &grads_w[k], &mut self.mw[k], c, first);
-            sgd_update(&mut self.b[k], &grads_b[k], &mut self.mb[k], c, first);
-        }
         self.steps += 1;
-        Ok(loss)
+        for k in 0..3 {
+            self.optimizer
+                .update(self.steps, &mut self.w[k], &grads_w[k], &mut self.sw[k]);
+            self.optimizer
+                .update(self.steps, &mut self.b[k], &grads_b[k], &mut self.sb[k]);
+        }
+        Ok((loss, correct))
     }
-}
 
-/// PyTorch's SGD update over one parameter buffer (see [`crate::optim::Sgd`]).
-fn sgd_update(p: &mut [f32], g: &[f32], buf: &mut [f32], c: crate::optim::SgdConfig, first: bool) {
-    let (lr, m, d, wd) = (
-        c.lr as f32,
-        c.momentum as f32,
-        c.dampening as f32,
-        c.weight_decay as f32,
-    );
-    for ((pi, gi), bi) in p.iter_mut().zip(g).zip(buf.iter_mut()) {
-        let mut gi = *gi;
-        if wd != 0.0 {
-            gi += wd * *pi;
+    /// Optimiser steps taken.
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    /// The optimiser's state buffers by name (`fc{k}.{weight,bias}.{j}`), for checkpoints.
+    pub fn state(&self) -> Vec<(String, Vec<f32>)> {
+        let mut out = Vec::new();
+        for k in 0..3 {
+            for (j, s) in self.sw[k].iter().enumerate() {
+                out.push((format!("fc{k}.weight.{j}"), s.clone()));
+            }
+            for (j, s) in self.sb[k].iter().enumerate() {
+                out.push((format!("fc{k}.bias.{j}"), s.clone()));
+            }
         }
-        if m != 0.0 {
-            *bi = if first { gi } else { m * *bi + (1.0 - d) * gi };
-            gi = if c.nesterov { gi + m * *bi } else { *bi };
+        out
+    }
+
+    /// Restores parameters, optimiser state and step count from a checkpoint.
+    pub fn restore(
+        &mut self,
+        params: &dyn Fn(&str) -> Option<Vec<f32>>,
+        state: &dyn Fn(&str) -> Option<Vec<f32>>,
+        steps: u64,
+    ) -> Result<()> {
+        let fetch = |f: &dyn Fn(&str) -> Option<Vec<f32>>, name: &str, len: usize| {
+            f(name).filter(|v| v.len() == len).ok_or_else(|| {
+                candle_core::Error::Msg(format!("checkpoint: {name} missing or of another size"))
+            })
+        };
+        for k in 0..3 {
+            self.w[k] = fetch(params, &format!("fc{k}.weight"), self.w[k].len())?;
+            self.b[k] = fetch(params, &format!("fc{k}.bias"), self.b[k].len())?;
+            for j in 0..self.sw[k].len() {
+                self.sw[k][j] = fetch(state, &format!("fc{k}.weight.{j}"), self.w[k].len())?;
+                self.sb[k][j] = fetch(state, &format!("fc{k}.bias.{j}"), self.b[k].len())?;
+            }
         }
-        *pi -= lr * gi;
+        self.steps = steps;
+        Ok(())
     }
 }

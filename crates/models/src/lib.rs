@@ -9,12 +9,13 @@
 //! Architecture invariant: no datasets, no stage: tensors in, tensors out.
 
 pub mod backbone;
+pub mod card;
 pub mod checkpoint;
 pub mod conv;
 pub mod efficientnet;
 pub mod googlenet;
 pub mod heads;
 pub mod optim;
-pub mod rng;
+pub mod trainer;
 pub mod vgg;
 pub mod weights;

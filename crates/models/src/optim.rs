@@ -133,3 +133,135 @@ impl Sgd {
         Ok(())
     }
 }
+
+/// `torch.optim.Adam`'s hyperparameters (L2 `weight_decay` added to the gradient, as Adam
+/// does; not AdamW's decoupled decay).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdamConfig {
+    pub lr: f64,
+    #[serde(default = "beta1")]
+    pub beta1: f64,
+    #[serde(default = "beta2")]
+    pub beta2: f64,
+    #[serde(default = "eps")]
+    pub eps: f64,
+    #[serde(default)]
+    pub weight_decay: f64,
+}
+
+fn beta1() -> f64 {
+    0.9
+}
+fn beta2() -> f64 {
+    0.999
+}
+fn eps() -> f64 {
+    1e-8
+}
+
+/// The optimiser of a training run, as pipeline files write it:
+/// `{ kind = "sgd", lr = 0.001, momentum = 0.9, nesterov = true }` or
+/// `{ kind = "adam", lr = 0.001 }`.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum OptimizerConfig {
+    Sgd(SgdConfig),
+    Adam(AdamConfig),
+}
+
+impl OptimizerConfig {
+    /// The learning rate.
+    pub fn lr(&self) -> f64 {
+        match self {
+            OptimizerConfig::Sgd(c) => c.lr,
+            OptimizerConfig::Adam(c) => c.lr,
+        }
+    }
+
+    /// How many state buffers of a parameter's size the optimiser keeps (momentum; Adam's
+    /// two moments).
+    pub fn state_buffers(&self) -> usize {
+        match self {
+            OptimizerConfig::Sgd(c) if c.momentum != 0.0 => 1,
+            OptimizerConfig::Sgd(_) => 0,
+            OptimizerConfig::Adam(_) => 2,
+        }
+    }
+
+    /// Checks what PyTorch also refuses.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            OptimizerConfig::Sgd(c) if c.nesterov && (c.momentum <= 0.0 || c.dampening != 0.0) => {
+                candle_core::bail!("Nesterov momentum requires a momentum and zero dampening")
+            }
+            OptimizerConfig::Adam(c)
+                if !(0.0..1.0).contains(&c.beta1) || !(0.0..1.0).contains(&c.beta2) =>
+            {
+                candle_core::bail!("Adam betas must lie in [0, 1)")
+            }
+            c if !(c.lr() > 0.0) => candle_core::bail!("learning rate must be positive"),
+            _ => Ok(()),
+        }
+    }
+
+    /// One update of a parameter buffer `p` from its gradient `g`, as PyTorch's optimiser
+    /// (see [`Sgd`]; Adam with bias correction). `step` counts from 1 and `state` holds
+    /// [`OptimizerConfig::state_buffers`] buffers of `p`'s length, zeros before step 1.
+    pub fn update(&self, step: u64, p: &mut [f32], g: &[f32], state: &mut [Vec<f32>]) {
+        match *self {
+            OptimizerConfig::Sgd(c) => {
+                let (lr, m, d, wd) = (
+                    c.lr as f32,
+                    c.momentum as f32,
+                    c.dampening as f32,
+                    c.weight_decay as f32,
+                );
+                let first = step <= 1;
+                let mut none: [f32; 0] = [];
+                let buf: &mut [f32] = match state.first_mut() {
+                    Some(b) => b,
+                    None => &mut none,
+                };
+                for (i, (pi, gi)) in p.iter_mut().zip(g).enumerate() {
+                    let mut gi = *gi;
+                    if wd != 0.0 {
+                        gi += wd * *pi;
+                    }
+                    if m != 0.0 {
+                        let b = &mut buf[i];
+                        *b = if first { gi } else { m * *b + (1.0 - d) * gi };
+                        gi = if c.nesterov { gi + m * *b } else { *b };
+                    }
+                    *pi -= lr * gi;
+                }
+            }
+            OptimizerConfig::Adam(c) => {
+                let (lr, b1, b2, eps, wd) = (
+                    c.lr,
+                    c.beta1 as f32,
+                    c.beta2 as f32,
+                    c.eps as f32,
+                    c.weight_decay as f32,
+                );
+                let t = step.max(1) as i32;
+                let bc1 = 1.0 - c.beta1.powi(t);
+                let bc2 = 1.0 - c.beta2.powi(t);
+                let step_size = (lr / bc1) as f32;
+                let bc2_sqrt = bc2.sqrt() as f32;
+                let (ms, vs) = state.split_at_mut(1);
+                let (ms, vs) = (&mut ms[0], &mut vs[0]);
+                for (((pi, gi), mi), vi) in p.iter_mut().zip(g).zip(ms.iter_mut()).zip(vs) {
+                    let mut gi = *gi;
+                    if wd != 0.0 {
+                        gi += wd * *pi;
+                    }
+                    *mi = b1 * *mi + (1.0 - b1) * gi;
+                    *vi = b2 * *vi + (1.0 - b2) * gi * gi;
+                    let denom = vi.sqrt() / bc2_sqrt + eps;
+                    *pi -= step_size * *mi / denom;
+                }
+            }
+        }
+    }
+}

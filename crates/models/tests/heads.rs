@@ -6,10 +6,10 @@
 mod torch_reference;
 
 use candle_core::{DType, Device, Tensor};
+use geoloc_core::rng::SplitMix64;
 use geoloc_models::checkpoint::load;
 use geoloc_models::heads::{dropout, Mlp, MlpConfig};
 use geoloc_models::optim::{Sgd, SgdConfig};
-use geoloc_models::rng::SplitMix64;
 use torch_reference::{fixture, relative_error, values};
 
 fn run(name: &str, opt: SgdConfig) {
@@ -188,7 +188,8 @@ fn fused_and_tensor_updates_agree() {
 /// dropout on and the same masks (same generator, same order), for both losses.
 #[test]
 fn cpu_trainer_equals_autograd_with_dropout() {
-    use geoloc_models::heads::{CpuMlpTrainer, Target};
+    use geoloc_models::heads::{CpuMlpTrainer, Loss, Target};
+    use geoloc_models::optim::OptimizerConfig;
     let config = MlpConfig {
         input: 12,
         hidden: 9,
@@ -204,12 +205,18 @@ fn cpu_trainer_equals_autograd_with_dropout() {
     };
     let mut data = SplitMix64::new(77);
     let n = 20;
-    let x = data.uniform(n * 12, 2.0);
+    let x = data.uniform_f32(n * 12, 2.0);
     let labels: Vec<u32> = (0..n).map(|_| (data.next_u64() % 4) as u32).collect();
-    let values_t = data.uniform(n * 4, 1.0);
+    let values_t = data.uniform_f32(n * 4, 1.0);
     for classes in [true, false] {
         let reference = Mlp::new(config.clone(), 4, &Device::Cpu).unwrap();
-        let mut fast = CpuMlpTrainer::new(&reference, sgd).unwrap();
+        let loss_kind = if classes {
+            Loss::CrossEntropy
+        } else {
+            Loss::SquaredError
+        };
+        let mut fast =
+            CpuMlpTrainer::new(&reference, OptimizerConfig::Sgd(sgd), loss_kind).unwrap();
         let mut opt = Sgd::new(reference.vars(), sgd).unwrap();
         let (mut r1, mut r2) = (SplitMix64::new(8), SplitMix64::new(8));
         let xt = Tensor::from_vec(x.clone(), (n, 12), &Device::Cpu).unwrap();
@@ -228,7 +235,7 @@ fn cpu_trainer_equals_autograd_with_dropout() {
             } else {
                 Target::Values(&values_t)
             };
-            let got = fast.step(&x, target, &mut r2).unwrap();
+            let got = fast.step(&x, target, &mut r2).unwrap().0;
             let want = loss.to_scalar::<f32>().unwrap();
             assert!(
                 (got - want).abs() < 1e-5 * want.abs().max(1.0),
