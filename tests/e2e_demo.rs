@@ -68,7 +68,9 @@ fn tiny_demo_runs_and_the_runner_tracks_staleness() {
         out.contains("ingest: fresh") && !out.contains("ran"),
         "{out}"
     );
-    assert!(stdout(&geoloc(&["status", pipe], root, &[], true)).contains("6 of 6 instances fresh"));
+    assert!(
+        stdout(&geoloc(&["status", pipe], root, &[], true)).contains("11 of 11 instances fresh")
+    );
 
     // A config change makes it stale, with the reason.
     let text = std::fs::read_to_string(root.join(pipe)).unwrap();
@@ -89,7 +91,7 @@ fn tiny_demo_runs_and_the_runner_tracks_staleness() {
     geoloc(&["run", pipe], root, &[], true);
     support::synth(root, 1600);
     let out = stdout(&geoloc(&["status", pipe], root, &[], true));
-    assert!(out.contains("6 of 6 instances fresh"), "{out}");
+    assert!(out.contains("11 of 11 instances fresh"), "{out}");
 
     // An interrupted run (no manifest) is missing, and a reader refuses it.
     std::fs::remove_file(root.join("runs/demo/ingest/_manifest.json")).unwrap();

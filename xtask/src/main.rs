@@ -67,7 +67,7 @@ fn main() -> Result<()> {
     let Some(task) = args.first() else {
         eprintln!(
             "usage: cargo xtask <demo|fetch-lite0|run|status|bench-ingest|bench-preprocess|\
-             bench-featurize> ..."
+             bench-featurize|bench-train> ..."
         );
         std::process::exit(2);
     };
@@ -76,6 +76,7 @@ fn main() -> Result<()> {
         "demo" => demo(rest),
         "fetch-lite0" => fetch_lite0().map(|p| eprintln!("Lite0 checkpoint: {}", p.display())),
         "bench-featurize" => bench_featurize(rest),
+        "bench-train" => bench_train(rest),
         "run" | "status" => {
             let bin = geoloc()?;
             sh(Command::new(bin).current_dir(root()).arg(task).args(rest))
@@ -84,7 +85,7 @@ fn main() -> Result<()> {
         "bench-preprocess" => bench_preprocess(rest),
         other => bail!(
             "unknown task {other:?}: demo, fetch-lite0, run, status, bench-ingest, \
-             bench-preprocess, bench-featurize"
+             bench-preprocess, bench-featurize, bench-train"
         ),
     }
 }
@@ -639,6 +640,71 @@ fn bench_featurize(args: &[String]) -> Result<()> {
                 ours / peer
             );
         }
+    }
+    Ok(())
+}
+
+/// The MLP head's training epoch (shuffle, gather, forward, backward, SGD with Nesterov
+/// momentum; batch 500) against the peers' `train_torch.py` on the same shape of random
+/// features, at each thread count. geoloc's side is the `train_throughput` example, which
+/// runs the train stage's CPU trainer.
+fn bench_train(args: &[String]) -> Result<()> {
+    let threads_list = flag(args, "--threads").unwrap_or("1 2").to_owned();
+    let n = flag(args, "--n").unwrap_or("130000");
+    let dim = flag(args, "--dim").unwrap_or("1000");
+    let epochs = flag(args, "--epochs").unwrap_or("3");
+    let peers = peers_dir()?;
+    let work = root().join("target/bench-img");
+    let py = venv(&work, &["numpy", "torch"])?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    sh(Command::new(&cargo).current_dir(root()).args([
+        "build",
+        "--release",
+        "-q",
+        "-p",
+        "geoloc-models",
+        "--example",
+        "train_throughput",
+    ]))?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"));
+    let ours_bin = target.join("release/examples/train_throughput");
+    println!("threads  n        dim   geoloc s/epoch  PyTorch s/epoch  speed-up");
+    for t in threads_list.split_whitespace() {
+        let out = Command::new(&ours_bin)
+            .args([n, dim, epochs])
+            .env("RAYON_NUM_THREADS", t)
+            .env("MIMALLOC_PURGE_DELAY", "1000")
+            .output()
+            .context("running the train_throughput example")?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let ours = text
+            .lines()
+            .find_map(|l| field(l, "s_per_epoch"))
+            .with_context(|| format!("no result from train_throughput: {text}"))?;
+        let out = Command::new(&py)
+            .arg(peers.join("peers/train_torch.py"))
+            .args([
+                "random", t, "--n", n, "--dim", dim, "--epochs", epochs, "--tasks", "cls",
+            ])
+            .output()
+            .context("running train_torch.py")?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let peer = text
+            .lines()
+            .filter(|l| l.starts_with("PEER "))
+            .find_map(|l| field(l, "s_per_epoch"))
+            .with_context(|| {
+                format!(
+                    "no result from train_torch.py: {text}{}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            })?;
+        println!(
+            "{t:>7}  {n:<7}  {dim:<4}  {ours:>14.3}  {peer:>15.3}  {:>8.2}",
+            peer / ours
+        );
     }
     Ok(())
 }

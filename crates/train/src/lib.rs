@@ -57,7 +57,8 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const MODEL_SCHEMA: &str = "model";
 pub const MODEL_SCHEMA_VERSION: u32 = 1;
 
-const CHECKPOINT_WEIGHTS: &str = "checkpoint.safetensors";
+/// `checkpoint.json` names its tensors file, `checkpoint-EPOCH.safetensors`, written before
+/// it: a kill at any moment leaves the previous pair or the new one, never a mix.
 const CHECKPOINT_STATE: &str = "checkpoint.json";
 
 /// Which head to train.
@@ -417,6 +418,7 @@ struct CheckpointState {
     best: Metrics,
     since_best: usize,
     history: Vec<EpochRecord>,
+    weights_file: String,
     weights_blake3: String,
 }
 
@@ -1088,6 +1090,7 @@ pub fn run(cfg: &Config, ctx: &Context, ins: &[Input]) -> Result<Summary, Error>
                     best: best.clone(),
                     since_best,
                     history: history.clone(),
+                    weights_file: String::new(),
                     weights_blake3: String::new(),
                 },
             )?;
@@ -1155,18 +1158,42 @@ fn write_checkpoint(
     for (n, v, s) in best {
         tensors.push((format!("best.{n}"), v.clone(), s.clone()));
     }
-    let p = dir.join(CHECKPOINT_WEIGHTS);
+    st.weights_file = format!("checkpoint-{:06}.safetensors", st.epoch);
+    let p = dir.join(&st.weights_file);
     save_tensors(&p, tensors)?;
     st.weights_blake3 = geoloc_core::dataset::file_blake3(&p)?;
-    write_json(dir, CHECKPOINT_STATE, &st)
+    write_json(dir, CHECKPOINT_STATE, &st)?;
+    remove_checkpoints(dir, Some(&st.weights_file))
+}
+
+/// Removes checkpoint tensor files other than `keep` (and the state, when `keep` is None).
+fn remove_checkpoints(dir: &Path, keep: Option<&str>) -> Result<(), Error> {
+    if keep.is_none() {
+        let _ = std::fs::remove_file(dir.join(CHECKPOINT_STATE));
+    }
+    for e in std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .flatten()
+    {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("checkpoint-") && name.ends_with(".safetensors") && Some(&*name) != keep
+        {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    Ok(())
 }
 
 /// The checkpoint in `dir` if it belongs to fingerprint `key` and its tensors are intact.
 fn read_checkpoint(dir: &Path, key: &str) -> Option<(CheckpointState, HashMap<String, Vec<f32>>)> {
     let st: CheckpointState =
         serde_json::from_slice(&std::fs::read(dir.join(CHECKPOINT_STATE)).ok()?).ok()?;
-    let p = dir.join(CHECKPOINT_WEIGHTS);
-    if st.fingerprint != key || geoloc_core::dataset::file_blake3(&p).ok()? != st.weights_blake3 {
+    let p = dir.join(&st.weights_file);
+    if st.fingerprint != key
+        || !st.weights_file.starts_with("checkpoint-")
+        || geoloc_core::dataset::file_blake3(&p).ok()? != st.weights_blake3
+    {
         return None;
     }
     let tensors = load_tensors(&p).ok()?;
@@ -1208,9 +1235,7 @@ pub fn finalize(
         &[WEIGHTS_FILE, CARD_FILE, HISTORY_FILE],
         info,
     )?;
-    for f in [CHECKPOINT_WEIGHTS, CHECKPOINT_STATE] {
-        let _ = std::fs::remove_file(ctx.out_dir.join(f));
-    }
+    remove_checkpoints(&ctx.out_dir, None)?;
     Ok(m)
 }
 

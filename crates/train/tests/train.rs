@@ -458,3 +458,32 @@ fn config_errors_are_named() {
     let r = config("task = 'latlon'").resolve().unwrap();
     assert_eq!((r.epochs, r.optimizer.lr()), (500, 1e-4));
 }
+
+#[test]
+fn early_stop_ends_a_run_that_stops_improving_and_keeps_the_best_epoch() {
+    let t = tempfile::tempdir().unwrap();
+    let data = country_data(1500, 15);
+    // A learning rate this small leaves validation accuracy flat: no epoch beats the best
+    // for 3 epochs in a row long before 100 epochs.
+    let card = train_country(
+        t.path(),
+        &data,
+        &config("hidden = 32\nepochs = 100\nbatch = 100\nearly_stop = 3\noptimizer = { kind = 'sgd', lr = 1e-7 }"),
+        "early",
+    );
+    assert!(card.epochs_run < 100, "ran {} epochs", card.epochs_run);
+    assert!(
+        card.epochs_run >= card.best_epoch + 3,
+        "{} vs best {}",
+        card.epochs_run,
+        card.best_epoch
+    );
+    let h = std::fs::File::open(t.path().join("early/history.parquet")).unwrap();
+    let rows: usize = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(h)
+        .unwrap()
+        .build()
+        .unwrap()
+        .map(|b| b.unwrap().num_rows())
+        .sum();
+    assert_eq!(rows, card.epochs_run + 1, "epoch 0 and every epoch run");
+}
