@@ -281,6 +281,8 @@ pub struct SmallCnn {
 }
 
 impl SmallCnn {
+    /// The named shapes of the convolutions and of the fully connected layers.
+    #[allow(clippy::type_complexity)]
     fn shapes(c: &SmallCnnConfig) -> (Vec<(String, [usize; 4])>, Vec<(String, [usize; 2])>) {
         let mut convs = Vec::new();
         let mut cin = 3;

@@ -200,7 +200,9 @@ impl OptimizerConfig {
             {
                 candle_core::bail!("Adam betas must lie in [0, 1)")
             }
-            c if !(c.lr() > 0.0) => candle_core::bail!("learning rate must be positive"),
+            c if c.lr().is_nan() || c.lr() <= 0.0 => {
+                candle_core::bail!("learning rate must be positive")
+            }
             _ => Ok(()),
         }
     }

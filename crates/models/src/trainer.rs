@@ -12,6 +12,9 @@ use crate::optim::OptimizerConfig;
 use candle_core::{DType, Device, Result, Tensor, Var};
 use geoloc_core::rng::SplitMix64;
 
+/// Parameters by name: (name, values, shape), f32 on the CPU.
+pub type NamedParams = Vec<(String, Vec<f32>, Vec<usize>)>;
+
 /// One head being trained.
 pub trait Trainer {
     /// One optimiser step on `x` (`[n, input]`, row-major). Returns the batch loss and how
@@ -20,7 +23,7 @@ pub trait Trainer {
     /// Outputs without dropout, `[n, outputs]` row-major.
     fn predict(&self, x: &[f32]) -> Result<Vec<f32>>;
     /// The parameters by name (CPU, f32), as the head's spec loads them.
-    fn parameters(&self) -> Result<Vec<(String, Vec<f32>, Vec<usize>)>>;
+    fn parameters(&self) -> Result<NamedParams>;
     /// The optimiser's state buffers by name, for checkpoints.
     fn state(&self) -> Result<Vec<(String, Vec<f32>)>>;
     /// Restores what [`Trainer::parameters`] and [`Trainer::state`] gave, and the step count.
@@ -41,7 +44,7 @@ impl Trainer for CpuMlpTrainer {
     fn predict(&self, x: &[f32]) -> Result<Vec<f32>> {
         CpuMlpTrainer::predict(self, x)
     }
-    fn parameters(&self) -> Result<Vec<(String, Vec<f32>, Vec<usize>)>> {
+    fn parameters(&self) -> Result<NamedParams> {
         let mlp = self.to_mlp(&Device::Cpu)?;
         crate::heads::Head::named(&mlp)
             .into_iter()
@@ -207,7 +210,7 @@ impl Trainer for CandleTrainer {
         out.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
     }
 
-    fn parameters(&self) -> Result<Vec<(String, Vec<f32>, Vec<usize>)>> {
+    fn parameters(&self) -> Result<NamedParams> {
         self.head
             .named()
             .into_iter()

@@ -252,3 +252,70 @@ fn cpu_trainer_equals_autograd_with_dropout() {
         }
     }
 }
+
+/// Adam as PyTorch defines it (`make_sgd.py`'s `adam_steps.pth`), through both trainers the
+/// train stage uses: the written-out CPU MLP trainer and candle's autograd with the same
+/// update, six steps, every loss and parameter.
+#[test]
+fn adam_matches_pytorch_through_both_trainers() {
+    use geoloc_models::heads::{CpuMlpTrainer, HeadSpec, Loss, Target};
+    use geoloc_models::optim::{AdamConfig, OptimizerConfig};
+    use geoloc_models::trainer::{CandleTrainer, Trainer};
+    let f = load(&fixture("adam_steps.pth"), None).unwrap();
+    let torch_name = |n: &str| {
+        let (layer, what) = n.split_once('.').unwrap();
+        let k: usize = layer.trim_start_matches("fc").parse().unwrap();
+        format!("{}.{what}", [0, 2, 4][k])
+    };
+    let config = MlpConfig {
+        input: 10,
+        hidden: 8,
+        outputs: 3,
+        dropout: [0.0; 3],
+    };
+    let opt = OptimizerConfig::Adam(AdamConfig {
+        lr: 0.01,
+        beta1: 0.9,
+        beta2: 0.99,
+        eps: 1e-8,
+        weight_decay: 0.01,
+    });
+    let start = |n: &str| f.get(&format!("adam.start.{}", torch_name(n))).cloned();
+    let x = values(f.get("x").unwrap())
+        .into_iter()
+        .map(|v| v as f32)
+        .collect::<Vec<_>>();
+    let labels: Vec<u32> = values(f.get("labels").unwrap())
+        .into_iter()
+        .map(|v| v as u32)
+        .collect();
+    let mlp = Mlp::from_tensors(config.clone(), start).unwrap();
+    let cpu = CpuMlpTrainer::new(&mlp, opt, Loss::CrossEntropy).unwrap();
+    let spec = HeadSpec::Mlp(config);
+    let head = spec.load(&|n: &str| start(n)).unwrap();
+    let autograd = CandleTrainer::new(head, 10, 3, opt, Loss::CrossEntropy, &Device::Cpu).unwrap();
+    let mut trainers: Vec<(&str, Box<dyn Trainer>)> =
+        vec![("cpu", Box::new(cpu)), ("autograd", Box::new(autograd))];
+    for (what, t) in trainers.iter_mut() {
+        let mut rng = SplitMix64::new(0);
+        for step in 0..6 {
+            let (got, _) = t.step(&x, Target::Classes(&labels), &mut rng).unwrap();
+            let want = values(f.get(&format!("adam.loss{step}")).unwrap())[0];
+            assert!(
+                (got as f64 - want).abs() < 1e-5 * want.abs().max(1.0),
+                "{what} step {step}: loss {got} vs {want}"
+            );
+            for (n, v, shape) in t.parameters().unwrap() {
+                let got = Tensor::from_vec(v, shape, &Device::Cpu).unwrap();
+                let want = f
+                    .get(&format!("adam.step{step}.{}", torch_name(&n)))
+                    .unwrap();
+                let err = relative_error(&got, want);
+                assert!(
+                    err < 1e-4,
+                    "{what} step {step} {n}: max error / std = {err:e}"
+                );
+            }
+        }
+    }
+}

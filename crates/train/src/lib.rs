@@ -868,7 +868,7 @@ fn build_trainer(s: &Setup, device: &Device) -> Result<Box<dyn Trainer>, Error> 
     )?))
 }
 
-type Snapshot = Vec<(String, Vec<f32>, Vec<usize>)>;
+type Snapshot = geoloc_models::trainer::NamedParams;
 
 fn save_tensors(path: &Path, tensors: Vec<(String, Vec<f32>, Vec<usize>)>) -> Result<(), Error> {
     let mut map: HashMap<String, Tensor> = HashMap::new();

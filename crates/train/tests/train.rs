@@ -211,14 +211,16 @@ fn spilled_rows_train_the_same_model_as_rows_in_memory() {
 
 /// Features that depend on location through random Fourier features of (lat, lon), plus
 /// noise; photos spread over western Europe with two dense clusters.
-fn location_data(n: usize, seed: u64) -> (Vec<Photo>, Vec<(String, u8, Vec<f32>)>) {
+type Rows = Vec<(String, u8, Vec<f32>)>;
+
+fn location_data(n: usize, seed: u64) -> (Vec<Photo>, Rows) {
     let mut rng = SplitMix64::new(seed);
     let freqs: Vec<(f64, f64, f64)> = (0..48)
         .map(|_| {
             (
                 rng.normal() * 0.25,
                 rng.normal() * 0.25,
-                rng.uniform() * 6.283,
+                rng.uniform() * std::f64::consts::TAU,
             )
         })
         .collect();
