@@ -68,13 +68,23 @@ fn tiny_demo_runs_and_the_runner_tracks_staleness() {
         let dir = root.join("runs/demo").join(head);
         geoloc_train::open(&dir).unwrap_or_else(|e| panic!("{head}: {e}"));
         let card = geoloc_models::card::ModelCard::load(&dir).unwrap();
-        assert!(card.train_rows > 500 && card.val_rows > 50, "{head}: {card:?}");
+        assert!(
+            card.train_rows > 500 && card.val_rows > 50,
+            "{head}: {card:?}"
+        );
         assert!(card.best.median_km.is_some(), "{head}");
     }
     let card = geoloc_models::card::ModelCard::load(&root.join("runs/demo/country")).unwrap();
     let (acc, acc0) = (card.best.accuracy.unwrap(), card.epoch0.accuracy.unwrap());
-    assert!(acc > acc0 + 0.3 && acc > 0.2 + 0.3, "country head {acc} (epoch 0 {acc0})");
-    assert_eq!(card.input["weights_blake3"].as_str().map(str::len), Some(64), "real Lite0 weights");
+    assert!(
+        acc > acc0 + 0.3 && acc > 0.2 + 0.3,
+        "country head {acc} (epoch 0 {acc0})"
+    );
+    assert_eq!(
+        card.input["weights_blake3"].as_str().map(str::len),
+        Some(64),
+        "real Lite0 weights"
+    );
 
     // Fresh: nothing reruns.
     let out = stdout(&geoloc(&["run", pipe], root, &[], true));

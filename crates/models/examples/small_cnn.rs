@@ -1,7 +1,10 @@
-//! Times the small CNN's training step (forward, backward, update) on random 52x48 input:
-//! `cargo run --release -p geoloc-models --example small_cnn -- [BATCH] [STEPS]`.
+//! Times the small CNN's training step (forward, backward, update) on random 52x48 input,
+//! through the written-out CPU trainer (`cpu`, what train uses on the CPU) or candle's
+//! autograd (`autograd`, what it uses elsewhere):
+//! `cargo run --release -p geoloc-models --example small_cnn -- [BATCH] [STEPS] [cpu|autograd]`.
 use candle_core::Device;
 use geoloc_core::rng::SplitMix64;
+use geoloc_models::cnn_trainer::CpuCnnTrainer;
 use geoloc_models::heads::{HeadSpec, Loss, SmallCnnConfig, Target};
 use geoloc_models::optim::{AdamConfig, OptimizerConfig};
 use geoloc_models::trainer::{CandleTrainer, Trainer};
@@ -10,22 +13,42 @@ fn main() -> candle_core::Result<()> {
     let mut a = std::env::args().skip(1);
     let batch: usize = a.next().and_then(|v| v.parse().ok()).unwrap_or(50);
     let steps: usize = a.next().and_then(|v| v.parse().ok()).unwrap_or(5);
+    let cpu = a.next().is_none_or(|m| m == "cpu");
     let spec = HeadSpec::SmallCnn(SmallCnnConfig::paper(52, 48, 5));
     let dev = Device::Cpu;
-    let mut t = CandleTrainer::new(
-        spec.init(0, &dev)?,
-        spec.input(),
-        5,
-        OptimizerConfig::Adam(AdamConfig {
-            lr: 1e-3,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.0,
-        }),
-        Loss::CrossEntropy,
-        &dev,
-    )?;
+    let opt = OptimizerConfig::Adam(AdamConfig {
+        lr: 1e-3,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.0,
+    });
+    let head = spec.init(0, &dev)?;
+    let mut t: Box<dyn Trainer> = if cpu {
+        let named = head
+            .named()
+            .into_iter()
+            .map(|(n, t)| Ok((n, t.flatten_all()?.to_vec1::<f32>()?, t.dims().to_vec())))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let HeadSpec::SmallCnn(c) = &spec else {
+            unreachable!()
+        };
+        Box::new(CpuCnnTrainer::new(
+            c.clone(),
+            &named,
+            opt,
+            Loss::CrossEntropy,
+        )?)
+    } else {
+        Box::new(CandleTrainer::new(
+            head,
+            spec.input(),
+            5,
+            opt,
+            Loss::CrossEntropy,
+            &dev,
+        )?)
+    };
     let mut rng = SplitMix64::new(1);
     let x = rng.uniform_f32(batch * spec.input(), 1.0);
     let y: Vec<u32> = (0..batch).map(|i| (i % 5) as u32).collect();

@@ -596,7 +596,7 @@ pub struct CpuMlpTrainer {
 
 /// `c[m, n] (+)= a[m, k] @ b[k, n]` with arbitrary strides (row stride, column stride).
 #[allow(clippy::too_many_arguments)]
-fn gemm_strided(
+pub(crate) fn gemm_strided(
     m: usize,
     n: usize,
     k: usize,

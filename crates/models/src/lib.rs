@@ -11,6 +11,7 @@
 pub mod backbone;
 pub mod card;
 pub mod checkpoint;
+pub mod cnn_trainer;
 pub mod conv;
 pub mod efficientnet;
 pub mod googlenet;

@@ -319,3 +319,103 @@ fn adam_matches_pytorch_through_both_trainers() {
         }
     }
 }
+
+/// The small CNN's written-out CPU trainer equals candle's autograd on the same network:
+/// five steps of Nesterov SGD with weight decay, odd sizes (pools dropping a column),
+/// every loss and every parameter.
+#[test]
+fn cpu_cnn_trainer_equals_autograd() {
+    use geoloc_models::cnn_trainer::CpuCnnTrainer;
+    use geoloc_models::heads::{HeadSpec, Loss, SmallCnnConfig, Target};
+    use geoloc_models::optim::OptimizerConfig;
+    use geoloc_models::trainer::{CandleTrainer, Trainer};
+    let config = SmallCnnConfig {
+        width: 18,
+        height: 9,
+        filters: 4,
+        hidden: 7,
+        outputs: 3,
+    };
+    let spec = HeadSpec::SmallCnn(config.clone());
+    let opt = OptimizerConfig::Sgd(SgdConfig {
+        lr: 0.05,
+        momentum: 0.9,
+        dampening: 0.0,
+        weight_decay: 0.01,
+        nesterov: true,
+    });
+    let head = spec.init(9, &Device::Cpu).unwrap();
+    let named: Vec<(String, Vec<f32>, Vec<usize>)> = head
+        .named()
+        .into_iter()
+        .map(|(n, t)| {
+            (
+                n,
+                values(&t).iter().map(|v| *v as f32).collect(),
+                t.dims().to_vec(),
+            )
+        })
+        .collect();
+    let mut fast = CpuCnnTrainer::new(config.clone(), &named, opt, Loss::CrossEntropy).unwrap();
+    let mut slow = CandleTrainer::new(
+        head,
+        config.input(),
+        3,
+        opt,
+        Loss::CrossEntropy,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let mut data = SplitMix64::new(4);
+    let n = 6;
+    let x = data.uniform_f32(n * config.input(), 1.5);
+    let labels: Vec<u32> = (0..n).map(|i| (i % 3) as u32).collect();
+    let (mut r1, mut r2) = (SplitMix64::new(1), SplitMix64::new(1));
+    for step in 0..5 {
+        let (a, _) = fast.step(&x, Target::Classes(&labels), &mut r1).unwrap();
+        let (b, _) = slow.step(&x, Target::Classes(&labels), &mut r2).unwrap();
+        assert!(
+            (a - b).abs() < 1e-5 * b.abs().max(1.0),
+            "step {step}: loss {a} vs {b}"
+        );
+    }
+    assert!(
+        values(&Tensor::from_vec(fast.predict(&x).unwrap(), (n, 3), &Device::Cpu).unwrap())
+            .iter()
+            .zip(values(
+                &Tensor::from_vec(slow.predict(&x).unwrap(), (n, 3), &Device::Cpu).unwrap()
+            ))
+            .all(|(a, b)| (a - b).abs() < 1e-4)
+    );
+    let slow_params = slow.parameters().unwrap();
+    for ((n1, a, s), (n2, b, _)) in fast.parameters().unwrap().into_iter().zip(slow_params) {
+        assert_eq!(n1, n2);
+        let ta = Tensor::from_vec(a, s.clone(), &Device::Cpu).unwrap();
+        let tb = Tensor::from_vec(b, s, &Device::Cpu).unwrap();
+        let err = relative_error(&ta, &tb);
+        assert!(err < 1e-4, "{n1}: max error / std = {err:e}");
+    }
+    // Parameters and state round-trip through the PyTorch layouts.
+    let p: std::collections::HashMap<String, Vec<f32>> = fast
+        .parameters()
+        .unwrap()
+        .into_iter()
+        .map(|(n, v, _)| (n, v))
+        .collect();
+    let st: std::collections::HashMap<String, Vec<f32>> =
+        fast.state().unwrap().into_iter().collect();
+    let mut again = CpuCnnTrainer::new(config, &named, opt, Loss::CrossEntropy).unwrap();
+    again
+        .restore(
+            &|k: &str| p.get(k).cloned(),
+            &|k: &str| st.get(k).cloned(),
+            fast.steps(),
+        )
+        .unwrap();
+    let (a, _) = fast.step(&x, Target::Classes(&labels), &mut r1).unwrap();
+    let (b, _) = again
+        .step(&x, Target::Classes(&labels), &mut SplitMix64::new(0))
+        .unwrap();
+    assert_eq!(a, b);
+    assert_eq!(fast.parameters().unwrap(), again.parameters().unwrap());
+}

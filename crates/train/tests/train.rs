@@ -395,8 +395,8 @@ fn hog_svm_beats_the_class_prior_on_oriented_textures() {
     assert!(svm.standardised);
 }
 
-/// The small CNN (the paper's architecture) at 32x24 to keep the test short: candle's
-/// autograd runs it at about 50 ms per 52x48 image and step on this machine.
+/// The small CNN (the paper's architecture) at 32x24 to keep the test short; on the CPU it
+/// trains through the written-out `CpuCnnTrainer`.
 #[test]
 fn small_cnn_beats_the_class_prior_on_oriented_textures() {
     let t = tempfile::tempdir().unwrap();
@@ -417,7 +417,7 @@ fn small_cnn_beats_the_class_prior_on_oriented_textures() {
         .collect();
     let im = images(&t.path().join("px"), 32, 24, &small);
     let cfg = config(
-        "head = 'small-cnn'\nepochs = 6\nbatch = 50\noptimizer = { kind = 'adam', lr = 0.002 }",
+        "head = 'small-cnn'\nepochs = 10\nbatch = 50\noptimizer = { kind = 'adam', lr = 0.002 }",
     );
     let ctx = context(&t.path().join("cnn"));
     run(&cfg, &ctx, &[im.clone(), s.clone()]).unwrap();
@@ -425,7 +425,7 @@ fn small_cnn_beats_the_class_prior_on_oriented_textures() {
     let cnn = ModelCard::load(&t.path().join("cnn")).unwrap();
     let acc = cnn.best.accuracy.unwrap();
     eprintln!("small cnn {acc:.3} (epoch 0 {:?})", cnn.epoch0.accuracy);
-    assert!(acc > 0.2 + 0.3, "{acc}");
+    assert!(acc > 0.2 + 0.5, "{acc}");
     // The model directory rebuilds the head, with the per-pixel standardisation.
     let m =
         geoloc_models::card::LoadedModel::load(&t.path().join("cnn"), &candle_core::Device::Cpu)
