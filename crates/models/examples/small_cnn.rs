@@ -25,11 +25,7 @@ fn main() -> candle_core::Result<()> {
     });
     let head = spec.init(0, &dev)?;
     let mut t: Box<dyn Trainer> = if cpu {
-        let named = head
-            .named()
-            .into_iter()
-            .map(|(n, t)| Ok((n, t.flatten_all()?.to_vec1::<f32>()?, t.dims().to_vec())))
-            .collect::<candle_core::Result<Vec<_>>>()?;
+        let named = geoloc_models::trainer::named_params(head.as_ref())?;
         let HeadSpec::SmallCnn(c) = &spec else {
             unreachable!()
         };

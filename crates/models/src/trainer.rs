@@ -15,6 +15,20 @@ use geoloc_core::rng::SplitMix64;
 /// Parameters by name: (name, values, shape), f32 on the CPU.
 pub type NamedParams = Vec<(String, Vec<f32>, Vec<usize>)>;
 
+/// A head's parameters as [`NamedParams`] (what the CPU trainers start from).
+pub fn named_params(head: &dyn Head) -> Result<NamedParams> {
+    head.named()
+        .into_iter()
+        .map(|(n, t)| {
+            Ok((
+                n,
+                t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?,
+                t.dims().to_vec(),
+            ))
+        })
+        .collect()
+}
+
 /// One head being trained.
 pub trait Trainer {
     /// One optimiser step on `x` (`[n, input]`, row-major). Returns the batch loss and how
@@ -45,11 +59,7 @@ impl Trainer for CpuMlpTrainer {
         CpuMlpTrainer::predict(self, x)
     }
     fn parameters(&self) -> Result<NamedParams> {
-        let mlp = self.to_mlp(&Device::Cpu)?;
-        crate::heads::Head::named(&mlp)
-            .into_iter()
-            .map(|(n, t)| Ok((n, t.flatten_all()?.to_vec1::<f32>()?, t.dims().to_vec())))
-            .collect()
+        named_params(&self.to_mlp(&Device::Cpu)?)
     }
     fn state(&self) -> Result<Vec<(String, Vec<f32>)>> {
         Ok(CpuMlpTrainer::state(self))
@@ -211,17 +221,7 @@ impl Trainer for CandleTrainer {
     }
 
     fn parameters(&self) -> Result<NamedParams> {
-        self.head
-            .named()
-            .into_iter()
-            .map(|(n, t)| {
-                Ok((
-                    n,
-                    t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?,
-                    t.dims().to_vec(),
-                ))
-            })
-            .collect()
+        named_params(self.head.as_ref())
     }
 
     fn state(&self) -> Result<Vec<(String, Vec<f32>)>> {

@@ -345,17 +345,7 @@ fn cpu_cnn_trainer_equals_autograd() {
         nesterov: true,
     });
     let head = spec.init(9, &Device::Cpu).unwrap();
-    let named: Vec<(String, Vec<f32>, Vec<usize>)> = head
-        .named()
-        .into_iter()
-        .map(|(n, t)| {
-            (
-                n,
-                values(&t).iter().map(|v| *v as f32).collect(),
-                t.dims().to_vec(),
-            )
-        })
-        .collect();
+    let named = geoloc_models::trainer::named_params(head.as_ref()).unwrap();
     let mut fast = CpuCnnTrainer::new(config.clone(), &named, opt, Loss::CrossEntropy).unwrap();
     let mut slow = CandleTrainer::new(
         head,

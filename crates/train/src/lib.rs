@@ -859,11 +859,7 @@ fn build_trainer(s: &Setup, device: &Device) -> Result<Box<dyn Trainer>, Error> 
     }
     let head = s.spec.init(seed, device)?;
     if let (HeadSpec::SmallCnn(c), true) = (&s.spec, device.is_cpu()) {
-        let named = head
-            .named()
-            .into_iter()
-            .map(|(n, t)| Ok((n, t.flatten_all()?.to_vec1::<f32>()?, t.dims().to_vec())))
-            .collect::<Result<Vec<_>, candle_core::Error>>()?;
+        let named = geoloc_models::trainer::named_params(head.as_ref())?;
         return Ok(Box::new(geoloc_models::cnn_trainer::CpuCnnTrainer::new(
             c.clone(),
             &named,

@@ -338,12 +338,9 @@ fn geocell_head_partitions_by_density_and_beats_the_train_mean_location() {
     );
 }
 
-#[test]
-fn hog_svm_beats_the_class_prior_on_oriented_textures() {
-    use geoloc_models::backbone::{Backbone, BackboneKind, BackboneSpec};
-    let t = tempfile::tempdir().unwrap();
-    let mut rng = SplitMix64::new(31);
-    let n = 800;
+/// `n` photos of the five classes in turn (one place: only the pixels tell them apart) and
+/// their samples dataset.
+fn texture_photos(root: &Path, n: usize) -> (Vec<Photo>, geoloc_core::stage::Input) {
     let photos: Vec<Photo> = (0..n)
         .map(|i| Photo {
             id: format!("s{i:04}"),
@@ -353,7 +350,17 @@ fn hog_svm_beats_the_class_prior_on_oriented_textures() {
             lon: 5.0,
         })
         .collect();
-    let s = samples(&t.path().join("samples"), &photos, &CLASSES);
+    let s = samples(&root.join("samples"), &photos, &CLASSES);
+    (photos, s)
+}
+
+#[test]
+fn hog_svm_beats_the_class_prior_on_oriented_textures() {
+    use geoloc_models::backbone::{Backbone, BackboneKind, BackboneSpec};
+    let t = tempfile::tempdir().unwrap();
+    let mut rng = SplitMix64::new(31);
+    let n = 800;
+    let (photos, s) = texture_photos(t.path(), n);
 
     // HOG (the paper's 150x90) + linear SVM.
     let hog = Backbone::load(
@@ -402,16 +409,7 @@ fn small_cnn_beats_the_class_prior_on_oriented_textures() {
     let t = tempfile::tempdir().unwrap();
     let mut rng = SplitMix64::new(32);
     let n = 500;
-    let photos: Vec<Photo> = (0..n)
-        .map(|i| Photo {
-            id: format!("s{i:04}"),
-            split: split(i),
-            label: Some((i % 5) as i32),
-            lat: 45.0,
-            lon: 5.0,
-        })
-        .collect();
-    let s = samples(&t.path().join("samples"), &photos, &CLASSES);
+    let (photos, s) = texture_photos(t.path(), n);
     let small: Vec<(String, Vec<u8>)> = (0..n)
         .map(|i| (photos[i].id.clone(), stripes(32, 24, i % 5, 5, &mut rng)))
         .collect();
