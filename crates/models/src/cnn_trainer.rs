@@ -449,11 +449,7 @@ impl Trainer for CpuCnnTrainer {
         state: &dyn Fn(&str) -> Option<Vec<f32>>,
         steps: u64,
     ) -> Result<()> {
-        let fetch = |got: Option<Vec<f32>>, name: &str, len: usize| {
-            got.filter(|g| g.len() == len).ok_or_else(|| {
-                candle_core::Error::Msg(format!("checkpoint: {name} missing or of another size"))
-            })
-        };
+        let fetch = crate::trainer::checkpoint_values;
         for ((p, v), st) in self
             .params
             .iter()
@@ -462,10 +458,10 @@ impl Trainer for CpuCnnTrainer {
         {
             let conv = |x: Vec<f32>| if p.conv { to_cols(&x, &p.shape) } else { x };
             let len = v.len();
-            *v = conv(fetch(params(&p.name), &p.name, len)?);
+            *v = conv(fetch(params, &p.name, len)?);
             for (j, s) in st.iter_mut().enumerate() {
                 let name = format!("{}.{j}", p.name);
-                *s = conv(fetch(state(&name), &name, len)?);
+                *s = conv(fetch(state, &name, len)?);
             }
         }
         self.steps = steps;

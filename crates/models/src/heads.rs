@@ -62,20 +62,9 @@ impl Mlp {
     pub fn from_tensors(config: MlpConfig, get: impl Fn(&str) -> Option<Tensor>) -> Result<Self> {
         let mut layers = Vec::new();
         for (k, (i, o)) in config.dims().into_iter().enumerate() {
-            let w = get(&format!("fc{k}.weight"))
-                .ok_or_else(|| candle_core::Error::Msg(format!("fc{k}.weight missing")))?;
-            let b = get(&format!("fc{k}.bias"))
-                .ok_or_else(|| candle_core::Error::Msg(format!("fc{k}.bias missing")))?;
-            if w.dims() != [o, i] || b.dims() != [o] {
-                candle_core::bail!(
-                    "fc{k}: expected [{o}, {i}] and [{o}], found {:?} and {:?}",
-                    w.dims(),
-                    b.dims()
-                );
-            }
             layers.push((
-                Var::from_tensor(&w.to_dtype(DType::F32)?)?,
-                Var::from_tensor(&b.to_dtype(DType::F32)?)?,
+                take(&get, &format!("fc{k}.weight"), &[o, i])?,
+                take(&get, &format!("fc{k}.bias"), &[o])?,
             ));
         }
         Ok(Mlp { config, layers })
@@ -811,11 +800,7 @@ impl CpuMlpTrainer {
         state: &dyn Fn(&str) -> Option<Vec<f32>>,
         steps: u64,
     ) -> Result<()> {
-        let fetch = |f: &dyn Fn(&str) -> Option<Vec<f32>>, name: &str, len: usize| {
-            f(name).filter(|v| v.len() == len).ok_or_else(|| {
-                candle_core::Error::Msg(format!("checkpoint: {name} missing or of another size"))
-            })
-        };
+        let fetch = crate::trainer::checkpoint_values;
         for k in 0..3 {
             self.w[k] = fetch(params, &format!("fc{k}.weight"), self.w[k].len())?;
             self.b[k] = fetch(params, &format!("fc{k}.bias"), self.b[k].len())?;

@@ -29,6 +29,17 @@ pub fn named_params(head: &dyn Head) -> Result<NamedParams> {
         .collect()
 }
 
+/// A checkpointed buffer by name, of `len` values, or an error naming it.
+pub(crate) fn checkpoint_values(
+    f: &dyn Fn(&str) -> Option<Vec<f32>>,
+    name: &str,
+    len: usize,
+) -> Result<Vec<f32>> {
+    f(name).filter(|v| v.len() == len).ok_or_else(|| {
+        candle_core::Error::Msg(format!("checkpoint: {name} missing or of another size"))
+    })
+}
+
 /// One head being trained.
 pub trait Trainer {
     /// One optimiser step on `x` (`[n, input]`, row-major). Returns the batch loss and how
@@ -244,13 +255,7 @@ impl Trainer for CandleTrainer {
         steps: u64,
     ) -> Result<()> {
         let fetch = |f: &dyn Fn(&str) -> Option<Vec<f32>>, name: &str, like: &Tensor| {
-            let v = f(name)
-                .filter(|v| v.len() == like.elem_count())
-                .ok_or_else(|| {
-                    candle_core::Error::Msg(format!(
-                        "checkpoint: {name} missing or of another size"
-                    ))
-                })?;
+            let v = checkpoint_values(f, name, like.elem_count())?;
             Tensor::from_vec(v, like.shape(), like.device())?.to_dtype(like.dtype())
         };
         for ((name, var), st) in self.names.iter().zip(&self.vars).zip(self.state.iter_mut()) {

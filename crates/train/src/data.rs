@@ -7,7 +7,7 @@
 
 use crate::Error;
 use arrow::array::{Array, AsArray};
-use arrow::datatypes::{Float32Type, Float64Type, Int32Type, UInt8Type};
+use arrow::datatypes::{Float32Type, Float64Type, Int32Type};
 use geoloc_core::dataset::Dataset;
 use geoloc_core::schema;
 use geoloc_core::stage::Input;
@@ -76,7 +76,8 @@ pub struct RowStore {
 
 enum Backing {
     Memory(Vec<f32>),
-    Writing(std::io::BufWriter<std::fs::File>, PathBuf),
+    /// The file being written, its path, and one row's bytes (reused).
+    Writing(std::io::BufWriter<std::fs::File>, PathBuf, Vec<u8>),
     Mapped(memmap2::Mmap, PathBuf),
 }
 
@@ -103,6 +104,7 @@ impl RowStore {
             Backing::Writing(
                 std::io::BufWriter::with_capacity(1 << 22, f),
                 file.to_owned(),
+                Vec::with_capacity(dim * 4),
             )
         };
         Ok(RowStore {
@@ -132,11 +134,10 @@ impl RowStore {
                 v.extend(row);
                 debug_assert_eq!(v.len() - before, self.dim);
             }
-            Backing::Writing(w, p) => {
-                for x in row {
-                    w.write_all(&x.to_le_bytes())
-                        .map_err(|e| Error::io(&*p, e))?;
-                }
+            Backing::Writing(w, p, buf) => {
+                buf.clear();
+                row.for_each(|x| buf.extend_from_slice(&x.to_le_bytes()));
+                w.write_all(buf).map_err(|e| Error::io(&*p, e))?;
             }
             Backing::Mapped(..) => return Err(Error::Config("row store already sealed".into())),
         }
@@ -147,7 +148,7 @@ impl RowStore {
     /// Ends writing: a spilled store is flushed and mapped.
     pub fn seal(&mut self) -> Result<(), Error> {
         if let Backing::Writing(..) = self.backing {
-            let Backing::Writing(w, p) =
+            let Backing::Writing(w, p, _) =
                 std::mem::replace(&mut self.backing, Backing::Memory(Vec::new()))
             else {
                 unreachable!()
@@ -181,7 +182,7 @@ impl RowStore {
 
 impl Drop for RowStore {
     fn drop(&mut self) {
-        if let Backing::Mapped(_, p) | Backing::Writing(_, p) = &self.backing {
+        if let Backing::Mapped(_, p) | Backing::Writing(_, p, _) = &self.backing {
             let _ = std::fs::remove_file(p);
         }
     }
@@ -265,7 +266,16 @@ pub fn join(
     let mut test = 0u64;
     ds.for_each_batch(|b| {
         let ids = b.column(0).as_string::<i32>();
-        let _views = b.column(1).as_primitive::<UInt8Type>();
+        // The value column: pixels (u8, made f32 here) or features.
+        let (px, feats) = if pixels {
+            (Some(b.column(2).as_fixed_size_binary()), None)
+        } else {
+            let list = b.column(2).as_fixed_size_list();
+            (
+                None,
+                Some((list, list.values().as_primitive::<Float32Type>())),
+            )
+        };
         for i in 0..b.num_rows() {
             let id = ids.value(i);
             let Some(info) = samples.by_id.get(id) else {
@@ -293,19 +303,15 @@ pub fn join(
                 }
             };
             rows.photo.push(photo);
-            if pixels {
-                let px = b.column(2).as_fixed_size_binary();
-                rows.x
-                    .push(px.value(i).iter().map(|&v| v as f32))
-                    .map_err(|e| geoloc_core::Error::Config(e.to_string()))?;
-            } else {
-                let list = b.column(2).as_fixed_size_list();
-                let vals = list.values().as_primitive::<Float32Type>();
-                let off = list.value_offset_at(i);
-                rows.x
-                    .push(vals.values()[off..off + dim].iter().copied())
-                    .map_err(|e| geoloc_core::Error::Config(e.to_string()))?;
-            }
+            let pushed = match (px, feats) {
+                (Some(px), _) => rows.x.push(px.value(i).iter().map(|&v| v as f32)),
+                (_, Some((list, vals))) => {
+                    let off = list.value_offset_at(i);
+                    rows.x.push(vals.values()[off..off + dim].iter().copied())
+                }
+                _ => unreachable!("one of the two value columns is set"),
+            };
+            pushed.map_err(|e| geoloc_core::Error::Config(e.to_string()))?;
         }
         Ok(())
     })?;

@@ -268,6 +268,8 @@ pub struct Summary {
     pub best_epoch: usize,
     pub epoch0: Metrics,
     pub best: Metrics,
+    /// The train rows were spilled to a memory-mapped file (more than `memory_mb`).
+    pub spilled: bool,
     pub seconds: f64,
 }
 
@@ -368,6 +370,8 @@ struct Prepared {
     values: Vec<[f32; 2]>,
     /// Train rows usable as training examples (all; geocell: those in a kept cell).
     usable: Vec<u32>,
+    /// Per photo: class index, or u32::MAX.
+    photo_class: Vec<u32>,
 }
 
 /// The derived per-epoch streams: shuffle and dropout of epoch `e` of a run seeded `seed`.
@@ -377,24 +381,58 @@ fn stream(seed: u64, epoch: usize, what: u64) -> SplitMix64 {
     SplitMix64::new(a ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ what.rotate_left(32))
 }
 
-/// The spherical mean of points (mean of unit vectors, back to degrees); `None` if empty.
-pub fn spherical_mean(points: impl Iterator<Item = ((f64, f64), f64)>) -> Option<[f64; 2]> {
-    let (mut x, mut y, mut z, mut w) = (0.0, 0.0, 0.0, 0.0);
-    for ((lat, lon), wt) in points {
+/// A running spherical mean: the weighted mean of unit vectors, back to degrees.
+#[derive(Debug, Clone, Copy, Default)]
+struct SphericalMean {
+    x: f64,
+    y: f64,
+    z: f64,
+    w: f64,
+}
+
+impl SphericalMean {
+    fn add(&mut self, (lat, lon): (f64, f64), wt: f64) {
         let (la, lo) = (lat.to_radians(), lon.to_radians());
-        x += wt * la.cos() * lo.cos();
-        y += wt * la.cos() * lo.sin();
-        z += wt * la.sin();
-        w += wt;
+        self.x += wt * la.cos() * lo.cos();
+        self.y += wt * la.cos() * lo.sin();
+        self.z += wt * la.sin();
+        self.w += wt;
     }
-    if w <= 0.0 {
-        return None;
+
+    /// `None` without weight, or when the vectors cancel out.
+    fn finish(&self) -> Option<[f64; 2]> {
+        let h = (self.x * self.x + self.y * self.y).sqrt();
+        if self.w <= 0.0 || (h < 1e-12 && self.z.abs() < 1e-12) {
+            return None;
+        }
+        Some([
+            self.z.atan2(h).to_degrees(),
+            self.y.atan2(self.x).to_degrees(),
+        ])
     }
-    let h = (x * x + y * y).sqrt();
-    if h < 1e-12 && z.abs() < 1e-12 {
-        return None;
+}
+
+/// The spherical mean of weighted points; `None` if empty.
+pub fn spherical_mean(points: impl Iterator<Item = ((f64, f64), f64)>) -> Option<[f64; 2]> {
+    let mut m = SphericalMean::default();
+    points.for_each(|(p, w)| m.add(p, w));
+    m.finish()
+}
+
+/// Each class's spherical mean location over the photos of that class, in one pass
+/// (`u32::MAX`: no class).
+fn class_locations(
+    photo_class: &[u32],
+    coords: &[Option<(f64, f64)>],
+    k: usize,
+) -> Vec<Option<[f64; 2]>> {
+    let mut acc = vec![SphericalMean::default(); k];
+    for (&c, p) in photo_class.iter().zip(coords) {
+        if let (Some(m), Some(p)) = (acc.get_mut(c as usize), p) {
+            m.add(*p, 1.0);
+        }
     }
-    Some([z.atan2(h).to_degrees(), y.atan2(x).to_degrees()])
+    acc.iter().map(SphericalMean::finish).collect()
 }
 
 /// One row of `history.parquet`.
@@ -578,13 +616,7 @@ impl Setup {
         let mut correct = 0usize;
         let mut labelled = 0usize;
         let mut errors = Vec::new();
-        let photo_class: Vec<u32> = {
-            let mut c = vec![u32::MAX; photos];
-            for (row, &ph) in p.rows.photo.iter().enumerate() {
-                c[ph as usize] = p.class[row];
-            }
-            c
-        };
+        let photo_class = &p.photo_class;
         for ph in 0..photos {
             let o: Vec<f32> = acc[ph * out_dim..(ph + 1) * out_dim]
                 .iter()
@@ -696,19 +728,6 @@ fn setup(cfg: &Config, ctx: &Context, x_in: &Input, s_in: &Input) -> Result<Setu
                 )));
             }
             let k = samples.classes.len();
-            let locs: Vec<Option<[f64; 2]>> = (0..k)
-                .map(|c| {
-                    spherical_mean(
-                        joined
-                            .train
-                            .labels
-                            .iter()
-                            .zip(&joined.train.coords)
-                            .filter(|(l, _)| **l == Some(c as i32))
-                            .filter_map(|(_, p)| p.map(|p| (p, 1.0))),
-                    )
-                })
-                .collect();
             let cl = |rows: &SplitRows| -> Vec<u32> {
                 rows.labels
                     .iter()
@@ -723,6 +742,7 @@ fn setup(cfg: &Config, ctx: &Context, x_in: &Input, s_in: &Input) -> Result<Setu
             {
                 return Err(Error::Data(format!("label {bad} outside the {k} classes")));
             }
+            let locs = class_locations(&tc, &joined.train.coords, k);
             (samples.classes.clone(), locs, None, tc, vc)
         }
         Task::Latlon => {
@@ -778,16 +798,7 @@ fn setup(cfg: &Config, ctx: &Context, x_in: &Input, s_in: &Input) -> Result<Setu
                     .collect()
             };
             let (tc, vc) = (cl(&joined.train), cl(&joined.val));
-            let locs = (0..part.cells.len())
-                .map(|c| {
-                    spherical_mean(
-                        tc.iter()
-                            .zip(&joined.train.coords)
-                            .filter(|(k, _)| **k == c as u32)
-                            .filter_map(|(_, p)| p.map(|p| (p, 1.0))),
-                    )
-                })
-                .collect();
+            let locs = class_locations(&tc, &joined.train.coords, part.cells.len());
             geocells = Some(GeocellInfo {
                 t_min: g.t_min,
                 t_max: g.t_max,
@@ -827,6 +838,7 @@ fn setup(cfg: &Config, ctx: &Context, x_in: &Input, s_in: &Input) -> Result<Setu
             class,
             values,
             usable,
+            photo_class,
         }
     };
     let train = prep(joined.train, train_class);
@@ -1088,7 +1100,6 @@ pub fn run(cfg: &Config, ctx: &Context, ins: &[Input]) -> Result<Summary, Error>
         if epoch % every == 0 || epoch == s.r.epochs || stopped_early(since_best) {
             write_checkpoint(
                 dir,
-                &key,
                 trainer.as_ref(),
                 &best_params,
                 CheckpointState {
@@ -1145,13 +1156,13 @@ pub fn run(cfg: &Config, ctx: &Context, ins: &[Input]) -> Result<Summary, Error>
         best_epoch,
         epoch0,
         best,
+        spilled: s.train.rows.x.is_mapped(),
         seconds: t0.elapsed().as_secs_f64(),
     })
 }
 
 fn write_checkpoint(
     dir: &Path,
-    _key: &str,
     t: &dyn Trainer,
     best: &Snapshot,
     mut st: CheckpointState,

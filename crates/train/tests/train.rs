@@ -103,18 +103,23 @@ fn country_data(n: usize, seed: u64) -> CountryData {
 }
 
 fn train_country(root: &Path, data: &CountryData, cfg: &Config, out: &str) -> ModelCard {
+    train_country_run(root, data, cfg, out).0
+}
+
+/// Trains and commits a country head into `root/out`; its card and the run's summary.
+fn train_country_run(
+    root: &Path,
+    data: &CountryData,
+    cfg: &Config,
+    out: &str,
+) -> (ModelCard, geoloc_train::Summary) {
     let s = samples(&root.join("samples"), &data.photos, &CLASSES);
     let f = features(&root.join("features"), &data.rows);
     let ctx = context(&root.join(out));
-    run(cfg, &ctx, &[f.clone(), s.clone()]).unwrap();
-    if let Err(e) = geoloc_train::finalize(cfg, &ctx, &[f, s], 1) {
-        panic!(
-            "{e}: {}",
-            std::fs::read_to_string(root.join(out).join("model.json")).unwrap()
-        );
-    }
+    let summary = run(cfg, &ctx, &[f.clone(), s.clone()]).unwrap();
+    geoloc_train::finalize(cfg, &ctx, &[f, s], 1).unwrap();
     geoloc_train::open(&root.join(out)).unwrap();
-    ModelCard::load(&root.join(out)).unwrap()
+    (ModelCard::load(&root.join(out)).unwrap(), summary)
 }
 
 const COUNTRY: &str = "head = 'mlp'\ntask = 'country'\nhidden = 128\nepochs = 40\nbatch = 100\n\
@@ -145,7 +150,7 @@ fn country_head_reaches_the_bayes_accuracy_and_beats_its_baselines() {
 }
 
 #[test]
-fn a_linear_svm_cannot_separate_zero_mean_mixtures_but_the_mlp_can() {
+fn a_linear_svm_cannot_separate_zero_mean_mixtures() {
     // The same data through a linear head: near the prior (the signal is not linear).
     let t = tempfile::tempdir().unwrap();
     let data = country_data(3000, 12);
@@ -190,13 +195,15 @@ fn spilled_rows_train_the_same_model_as_rows_in_memory() {
     let t = tempfile::tempdir().unwrap();
     let data = country_data(1500, 14);
     let cfg = "head = 'mlp'\nhidden = 64\nepochs = 4\nbatch = 100";
-    train_country(t.path(), &data, &config(cfg), "memory");
-    train_country(
+    let (_, memory) = train_country_run(t.path(), &data, &config(cfg), "memory");
+    let (_, mapped) = train_country_run(
         t.path(),
         &data,
         &config(&format!("{cfg}\nmemory_mb = 0")),
         "mapped",
     );
+    // Each run took the path its memory_mb asks for.
+    assert!(!memory.spilled && mapped.spilled);
     let read = |d: &str| std::fs::read(t.path().join(d).join("model.safetensors")).unwrap();
     assert_eq!(read("memory"), read("mapped"));
     // The spill file is gone once training ends.
