@@ -1,8 +1,9 @@
-//! `geoloc-cli`: the `geoloc` binary's library half: the pipeline [`runner`] and the
-//! registry of [`stages`] it drives. The binary (`main.rs`) only parses arguments.
+//! `geoloc-cli`: the `geoloc` binary's library half: the pipeline [`runner`], the
+//! registry of [`stages`] it drives, and [`predict`] (new photos through a model directory). The binary (`main.rs`) only parses arguments.
 //!
 //! Architecture invariant: this is the only crate that depends on stage crates.
 
 pub mod demo;
+pub mod predict;
 pub mod runner;
 pub mod stages;

@@ -69,6 +69,13 @@ enum Cmd {
     /// Run the train stage: features (or pixels) and samples to a trained head (a model
     /// directory). Resumes from the checkpoint a killed run of the same fingerprint left.
     Train(TrainArgs),
+    /// Run the evaluate stage: trained heads scored on the test split (metrics.json,
+    /// predictions.parquet, MediaEval run files) and the report (report.md, report.html).
+    Evaluate(StageArgs),
+    /// Predict where photos were taken with a model directory: decodes them, runs the
+    /// backbone the model names and the head, and writes top-k countries with
+    /// probabilities and a location per photo.
+    Predict(PredictArgs),
     /// Commit a sharded instance once all its shards have run (writes _manifest.json).
     Finalize {
         pipeline: PathBuf,
@@ -197,6 +204,38 @@ struct TrainArgs {
     checkpoint_every: Option<usize>,
 }
 
+#[derive(Args)]
+struct PredictArgs {
+    /// Photo files, or folders to walk.
+    #[arg(required = true)]
+    photos: Vec<PathBuf>,
+    /// The model directory (a train instance's output).
+    #[arg(long)]
+    model: PathBuf,
+    /// The output file (.parquet, .csv or .geojson).
+    #[arg(long, short)]
+    out: PathBuf,
+    /// Output format (default: from the output's extension).
+    #[arg(long, value_enum)]
+    format: Option<geoloc_cli::predict::Format>,
+    /// The backbone's weights file (default: the path the model card records, against
+    /// --root). Refused unless its blake3 is the one the card records.
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// The directory the card's relative weights path resolves against.
+    #[arg(long, default_value = ".")]
+    root: PathBuf,
+    /// Classes kept per photo.
+    #[arg(long, default_value_t = 5)]
+    top_k: usize,
+    /// cpu, cuda, cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Photos decoded and run per batch.
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+}
+
 impl TrainArgs {
     fn overrides(&self) -> toml::Table {
         let mut t = toml::Table::new();
@@ -322,6 +361,8 @@ fn real_main(cli: Cli) -> Result<()> {
             let overrides = a.overrides();
             stage_cmd(geoloc_train::KIND, a.stage, overrides, progress)?
         }
+        Cmd::Evaluate(a) => stage_cmd(geoloc_evaluate::KIND, a, toml::Table::new(), progress)?,
+        Cmd::Predict(a) => predict_cmd(a)?,
         Cmd::Finalize {
             pipeline,
             instance,
@@ -398,6 +439,40 @@ fn real_main(cli: Cli) -> Result<()> {
             no_dct_scaling,
         } => preprocess_raw(&dir, reps, !no_dct_scaling)?,
     }
+    Ok(())
+}
+
+fn predict_cmd(a: PredictArgs) -> Result<()> {
+    use geoloc_cli::predict;
+    let format = match a.format.or_else(|| predict::Format::of(&a.out)) {
+        Some(f) => f,
+        None => bail!(
+            "cannot tell the format of {} from its extension; give --format parquet|csv|geojson",
+            a.out.display()
+        ),
+    };
+    let req = predict::Request {
+        photos: a.photos,
+        model: a.model,
+        weights: a.weights,
+        root: a.root,
+        out: a.out.clone(),
+        format,
+        top_k: a.top_k,
+        device: a.device,
+        batch: a.batch,
+    };
+    let (preds, skipped) = predict::predict(&req)?;
+    predict::write(&preds, &a.out, format)?;
+    for s in &skipped {
+        eprintln!("skipped {}: {}", s.path, s.reason);
+    }
+    println!(
+        "predicted {} photos ({} skipped) to {}",
+        preds.len(),
+        skipped.len(),
+        a.out.display()
+    );
     Ok(())
 }
 

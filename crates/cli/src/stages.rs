@@ -36,12 +36,14 @@ pub fn lookup(kind: &str) -> Result<Box<dyn Stage>> {
         geoloc_preprocess::KIND => Ok(Box::new(Preprocess)),
         geoloc_featurize::KIND => Ok(Box::new(Featurize)),
         geoloc_train::KIND => Ok(Box::new(Train)),
+        geoloc_evaluate::KIND => Ok(Box::new(Evaluate)),
         other => Err(anyhow!(
-            "unknown stage kind `{other}` (known: {}, {}, {}, {})",
+            "unknown stage kind `{other}` (known: {}, {}, {}, {}, {})",
             geoloc_ingest::KIND,
             geoloc_preprocess::KIND,
             geoloc_featurize::KIND,
-            geoloc_train::KIND
+            geoloc_train::KIND,
+            geoloc_evaluate::KIND
         )),
     }
 }
@@ -159,37 +161,50 @@ macro_rules! single_input_stage {
 single_input_stage!(Preprocess, geoloc_preprocess, "images dataset");
 single_input_stage!(Featurize, geoloc_featurize, "features dataset");
 
-/// train reads two inputs (features or images, and samples) and writes a model directory.
-struct Train;
+/// The `Stage` impl of a stage crate that reads several inputs (train: features or images
+/// and samples; evaluate: samples, models and what they read) with the usual face.
+macro_rules! multi_input_stage {
+    ($name:ident, $krate:ident, $what:literal) => {
+        struct $name;
 
-impl Stage for Train {
-    fn format_version(&self) -> u32 {
-        geoloc_train::FORMAT_VERSION
-    }
-    fn config_json(&self, decl: &StageDecl, _ctx: &Context) -> Result<serde_json::Value> {
-        let cfg: geoloc_train::Config = parse_config(decl)?;
-        Ok(serde_json::to_value(cfg)?)
-    }
-    fn fingerprint(&self, decl: &StageDecl, ctx: &Context, inputs: &[Input]) -> Result<String> {
-        let cfg: geoloc_train::Config = parse_config(decl)?;
-        Ok(geoloc_train::fingerprint(&cfg, ctx, inputs)?)
-    }
-    fn run(&self, decl: &StageDecl, ctx: &Context, inputs: &[Input]) -> Result<String> {
-        let cfg: geoloc_train::Config = parse_config(decl)?;
-        Ok(geoloc_train::run(&cfg, ctx, inputs)?.line())
-    }
-    fn finalize(
-        &self,
-        decl: &StageDecl,
-        ctx: &Context,
-        inputs: &[Input],
-        shards: u32,
-    ) -> Result<Manifest> {
-        let cfg: geoloc_train::Config = parse_config(decl)?;
-        Ok(geoloc_train::finalize(&cfg, ctx, inputs, shards)?)
-    }
-    fn check_output(&self, dir: &Path) -> Result<()> {
-        geoloc_train::open(dir).context("model directory")?;
-        Ok(())
-    }
+        impl Stage for $name {
+            fn format_version(&self) -> u32 {
+                $krate::FORMAT_VERSION
+            }
+            fn config_json(&self, decl: &StageDecl, _ctx: &Context) -> Result<serde_json::Value> {
+                let cfg: $krate::Config = parse_config(decl)?;
+                Ok(serde_json::to_value(cfg)?)
+            }
+            fn fingerprint(
+                &self,
+                decl: &StageDecl,
+                ctx: &Context,
+                inputs: &[Input],
+            ) -> Result<String> {
+                let cfg: $krate::Config = parse_config(decl)?;
+                Ok($krate::fingerprint(&cfg, ctx, inputs)?)
+            }
+            fn run(&self, decl: &StageDecl, ctx: &Context, inputs: &[Input]) -> Result<String> {
+                let cfg: $krate::Config = parse_config(decl)?;
+                Ok($krate::run(&cfg, ctx, inputs)?.line())
+            }
+            fn finalize(
+                &self,
+                decl: &StageDecl,
+                ctx: &Context,
+                inputs: &[Input],
+                shards: u32,
+            ) -> Result<Manifest> {
+                let cfg: $krate::Config = parse_config(decl)?;
+                Ok($krate::finalize(&cfg, ctx, inputs, shards)?)
+            }
+            fn check_output(&self, dir: &Path) -> Result<()> {
+                $krate::open(dir).context($what)?;
+                Ok(())
+            }
+        }
+    };
 }
+
+multi_input_stage!(Train, geoloc_train, "model directory");
+multi_input_stage!(Evaluate, geoloc_evaluate, "evaluation directory");

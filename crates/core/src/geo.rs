@@ -126,6 +126,45 @@ impl FromStr for DistanceMetric {
     }
 }
 
+/// A running spherical mean: the weighted mean of unit vectors, back to degrees.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SphericalMean {
+    x: f64,
+    y: f64,
+    z: f64,
+    w: f64,
+}
+
+impl SphericalMean {
+    /// Adds a point `(lat, lon)` in degrees with weight `wt`.
+    pub fn add(&mut self, (lat, lon): (f64, f64), wt: f64) {
+        let (la, lo) = (lat.to_radians(), lon.to_radians());
+        self.x += wt * la.cos() * lo.cos();
+        self.y += wt * la.cos() * lo.sin();
+        self.z += wt * la.sin();
+        self.w += wt;
+    }
+
+    /// `None` without weight, or when the vectors cancel out.
+    pub fn finish(&self) -> Option<[f64; 2]> {
+        let h = (self.x * self.x + self.y * self.y).sqrt();
+        if self.w <= 0.0 || (h < 1e-12 && self.z.abs() < 1e-12) {
+            return None;
+        }
+        Some([
+            self.z.atan2(h).to_degrees(),
+            self.y.atan2(self.x).to_degrees(),
+        ])
+    }
+}
+
+/// The spherical mean of weighted points; `None` if empty.
+pub fn spherical_mean(points: impl Iterator<Item = ((f64, f64), f64)>) -> Option<[f64; 2]> {
+    let mut m = SphericalMean::default();
+    points.for_each(|(p, w)| m.add(p, w));
+    m.finish()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

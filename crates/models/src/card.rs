@@ -111,7 +111,14 @@ pub struct ModelCard {
     /// The input dataset's metadata as its manifest recorded it (backbone, layer, dim,
     /// weights and their blake3, normalisation, geometry, width and height).
     pub input: serde_json::Value,
+    /// The input dataset's fingerprint (its manifest's): evaluate finds the features it
+    /// must score by it.
+    #[serde(default)]
+    pub input_fingerprint: Option<String>,
     pub geocells: Option<GeocellInfo>,
+    /// Geocell heads: how many top cells a location averages (1: the top cell's).
+    #[serde(default)]
+    pub location_top_k: Option<usize>,
     /// The train stage's resolved config (optimizer, epochs, batch, seed, ...).
     pub hyperparameters: serde_json::Value,
     pub seed: u64,

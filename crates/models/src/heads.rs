@@ -429,6 +429,15 @@ pub enum HeadSpec {
 }
 
 impl HeadSpec {
+    /// The kind's name as `model.json` writes it: `mlp`, `linear`, `small-cnn`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            HeadSpec::Mlp(_) => "mlp",
+            HeadSpec::Linear { .. } => "linear",
+            HeadSpec::SmallCnn(_) => "small-cnn",
+        }
+    }
+
     /// Values per input row.
     pub fn input(&self) -> usize {
         match self {

@@ -28,7 +28,7 @@ use data::SplitRows;
 pub use geocell::GeocellConfig;
 use geoloc_core::dataset::{Manifest, ManifestInfo};
 use geoloc_core::fingerprint::Fingerprint;
-use geoloc_core::geo::{haversine_km, LatLon};
+use geoloc_core::geo::{haversine_km, LatLon, SphericalMean};
 use geoloc_core::rng::SplitMix64;
 use geoloc_core::stage::{Context, Input};
 use geoloc_models::card::{
@@ -381,44 +381,6 @@ fn stream(seed: u64, epoch: usize, what: u64) -> SplitMix64 {
     SplitMix64::new(a ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ what.rotate_left(32))
 }
 
-/// A running spherical mean: the weighted mean of unit vectors, back to degrees.
-#[derive(Debug, Clone, Copy, Default)]
-struct SphericalMean {
-    x: f64,
-    y: f64,
-    z: f64,
-    w: f64,
-}
-
-impl SphericalMean {
-    fn add(&mut self, (lat, lon): (f64, f64), wt: f64) {
-        let (la, lo) = (lat.to_radians(), lon.to_radians());
-        self.x += wt * la.cos() * lo.cos();
-        self.y += wt * la.cos() * lo.sin();
-        self.z += wt * la.sin();
-        self.w += wt;
-    }
-
-    /// `None` without weight, or when the vectors cancel out.
-    fn finish(&self) -> Option<[f64; 2]> {
-        let h = (self.x * self.x + self.y * self.y).sqrt();
-        if self.w <= 0.0 || (h < 1e-12 && self.z.abs() < 1e-12) {
-            return None;
-        }
-        Some([
-            self.z.atan2(h).to_degrees(),
-            self.y.atan2(self.x).to_degrees(),
-        ])
-    }
-}
-
-/// The spherical mean of weighted points; `None` if empty.
-pub fn spherical_mean(points: impl Iterator<Item = ((f64, f64), f64)>) -> Option<[f64; 2]> {
-    let mut m = SphericalMean::default();
-    points.for_each(|(p, w)| m.add(p, w));
-    m.finish()
-}
-
 /// Each class's spherical mean location over the photos of that class, in one pass
 /// (`u32::MAX`: no class).
 fn class_locations(
@@ -542,22 +504,13 @@ impl Setup {
 
     /// A photo's predicted location from its (view-averaged) outputs.
     fn location(&self, out: &[f32]) -> Option<[f64; 2]> {
-        match self.r.task {
-            Task::Latlon => self.scaling.map(|s| s.unscale(out)),
-            Task::Country => self.class_locations.get(argmax(out)).copied().flatten(),
-            Task::Geocell => {
-                let mut order: Vec<usize> = (0..out.len()).collect();
-                order.sort_by(|&a, &b| out[b].total_cmp(&out[a]));
-                let k = self.top_k.max(1).min(out.len());
-                if k == 1 {
-                    return self.class_locations.get(order[0]).copied().flatten();
-                }
-                spherical_mean(order[..k].iter().filter_map(|&c| {
-                    let l = self.class_locations[c]?;
-                    Some(((l[0], l[1]), out[c] as f64))
-                }))
-            }
-        }
+        geoloc_models::predict::locate(
+            self.r.task,
+            &self.class_locations,
+            self.scaling.as_ref(),
+            self.top_k,
+            out,
+        )
     }
 
     /// Validation metrics of the trainer's current parameters: per photo, views averaged
@@ -1136,7 +1089,9 @@ pub fn run(cfg: &Config, ctx: &Context, ins: &[Input]) -> Result<Summary, Error>
         standardised: s.standard.is_some(),
         input_kind: x_in.manifest.schema.clone(),
         input: x_in.manifest.info.metadata.clone(),
+        input_fingerprint: Some(x_in.manifest.info.fingerprint.clone()),
         geocells: s.geocells.clone(),
+        location_top_k: (s.r.task == Task::Geocell).then_some(s.top_k),
         hyperparameters: serde_json::to_value(&s.r).map_err(|e| Error::Config(e.to_string()))?,
         seed: s.r.seed,
         train_rows: s.train.rows.x.len(),

@@ -1,0 +1,1084 @@
+//! `geoloc-evaluate`: the evaluate stage. Trained heads (model directories from train), the
+//! datasets they read (features, or pixels for the small CNN) and the samples in; out, one
+//! directory committed like a model directory (`_manifest.json` listing every file with its
+//! blake3):
+//!
+//! - `predictions.parquet`: per model and test photo, views averaged (test-time
+//!   augmentation): top-k classes with probabilities, the predicted location and country,
+//!   the truth and the error ([`schema`]);
+//! - `metrics.json` ([`Metrics`]): country accuracy with a Wilson 95% interval, per-class
+//!   precision and recall, the confusion matrix; accuracy within radii, median and mean
+//!   error, the GeoGuessr-style score; beside each model its untrained "0 epochs" self (the
+//!   paper's baseline, the head re-initialised from the card's seed) and the trivial
+//!   predictors (the train split's most common class, the train split's mean location);
+//! - `report.md` and `report.html` (self-contained: the plots inlined) with `plots/*.png`;
+//! - with `run_files`, MediaEval run files `runs/<model>.txt` (`hash;lat;lon`).
+//!
+//! A model finds its input among the stage's inputs by the fingerprint its card records, so
+//! one evaluate instance takes any number of models over any number of feature sets.
+//!
+//! The public face: [`Config`], [`run`], [`finalize`], [`fingerprint`], [`open`],
+//! [`Summary`], and the [`metrics`] module.
+
+pub mod metrics;
+mod plots;
+mod report;
+mod worldmap;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, Float32Builder, Float64Array, ListBuilder, RecordBatch, StringArray,
+    StringBuilder, UInt32Array,
+};
+use arrow::datatypes::{DataType, Field, Float32Type, Float64Type, Int32Type, Schema};
+use geoloc_core::dataset::{Dataset, Manifest, ManifestInfo};
+use geoloc_core::fingerprint::Fingerprint;
+use geoloc_core::geo::{DistanceMetric, LatLon, SphericalMean};
+use geoloc_core::stage::{Context, Input};
+use geoloc_models::card::Task;
+use geoloc_models::predict::{top_k, PhotoScores, Predictor};
+use metrics::{Confusion, CountryMetrics, DistanceMetrics, DEFAULT_RADII_KM};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The stage kind's name in pipeline files.
+pub const KIND: &str = "evaluate";
+
+/// Output-format version: bump when the same inputs would now give other results.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The committed directory's schema name and version.
+pub const SCHEMA: &str = "evaluation";
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// File names in the output directory.
+pub const PREDICTIONS_FILE: &str = "predictions.parquet";
+pub const METRICS_FILE: &str = "metrics.json";
+pub const REPORT_MD: &str = "report.md";
+pub const REPORT_HTML: &str = "report.html";
+
+/// Configuration of an evaluate instance.
+///
+/// ```toml
+/// [stages.evaluate]
+/// kind = "evaluate"
+/// inputs = ["ingest", "lite0", "hog", "squash52x48", "country", "latlon", "hog_svm"]
+///
+/// [stages.evaluate.config]
+/// distance = "haversine"     # or equirectangular (the paper's), geodesic (WGS84, MediaEval's)
+/// top_k = 5
+/// run_files = true           # MediaEval `hash;lat;lon` files under runs/
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The distance every error is measured with.
+    #[serde(default)]
+    pub distance: DistanceMetric,
+    /// Radii of the "accuracy within" figures, km (default [`DEFAULT_RADII_KM`]).
+    #[serde(default)]
+    pub radii_km: Option<Vec<f64>>,
+    /// Classes kept per photo in the predictions (default 5).
+    #[serde(default = "default_top_k")]
+    pub top_k: usize,
+    /// Write MediaEval run files.
+    #[serde(default)]
+    pub run_files: bool,
+    /// Write the report (Markdown, HTML, plots); metrics and predictions are always written.
+    #[serde(default = "yes")]
+    pub report: bool,
+    /// The report's title (default: the pipeline's instance name).
+    #[serde(default)]
+    pub title: Option<String>,
+}
+
+fn default_top_k() -> usize {
+    5
+}
+fn yes() -> bool {
+    true
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            distance: DistanceMetric::default(),
+            radii_km: None,
+            top_k: default_top_k(),
+            run_files: false,
+            report: true,
+            title: None,
+        }
+    }
+}
+
+impl Config {
+    fn radii(&self) -> Result<Vec<f64>, Error> {
+        let mut r = self.radii_km.clone().unwrap_or(DEFAULT_RADII_KM.to_vec());
+        if r.is_empty() || r.iter().any(|&k| !(k > 0.0 && k.is_finite())) {
+            return Err(Error::Config(format!(
+                "radii_km must be positive distances, found {r:?}"
+            )));
+        }
+        r.sort_by(f64::total_cmp);
+        r.dedup();
+        Ok(r)
+    }
+}
+
+/// Errors of the evaluate stage.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Core(#[from] geoloc_core::Error),
+    #[error(transparent)]
+    Card(#[from] geoloc_models::card::CardError),
+    #[error("model: {0}")]
+    Candle(#[from] candle_core::Error),
+    #[error("evaluate config: {0}")]
+    Config(String),
+    #[error("evaluate data: {0}")]
+    Data(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("plot {name}: {reason}")]
+    Plot { name: String, reason: String },
+}
+
+impl Error {
+    fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// What one run did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Summary {
+    pub models: usize,
+    pub test_photos: usize,
+    /// Per model: name, country accuracy, median km.
+    pub results: Vec<(String, Option<f64>, Option<f64>)>,
+    pub seconds: f64,
+}
+
+impl Summary {
+    /// One line for the runner.
+    pub fn line(&self) -> String {
+        let each: Vec<String> = self
+            .results
+            .iter()
+            .map(|(n, a, m)| {
+                let mut s = n.clone();
+                if let Some(a) = a {
+                    s += &format!(" acc {a:.3}");
+                }
+                if let Some(m) = m {
+                    s += &format!(" median {m:.0} km");
+                }
+                s
+            })
+            .collect();
+        format!(
+            "{} models on {} test photos: {}; {:.1}s",
+            self.models,
+            self.test_photos,
+            each.join(", "),
+            self.seconds
+        )
+    }
+}
+
+/// `metrics.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    pub distance: DistanceMetric,
+    pub radii_km: Vec<f64>,
+    /// The samples' class list.
+    pub classes: Vec<String>,
+    /// Test photos in the samples (with a location or a label).
+    pub test_photos: usize,
+    pub models: Vec<ModelResult>,
+    /// The trivial predictors, over every test photo.
+    pub baselines: Vec<Scored>,
+}
+
+/// One model's results, trained and untrained.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelResult {
+    /// The train instance's name.
+    pub name: String,
+    pub task: Task,
+    /// `mlp`, `linear`, `small-cnn`.
+    pub head: String,
+    /// The input instance it read (features or images).
+    pub input: String,
+    /// Test photos without a row in the input (rejected upstream, say).
+    pub missing_photos: usize,
+    pub trained: Scored,
+    /// The same head before training (the paper's "0 epochs").
+    pub epoch0: Scored,
+}
+
+/// The scores of one predictor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Scored {
+    pub name: String,
+    /// Photos predicted.
+    pub photos: usize,
+    /// How the country was decided: `class` (a country head's top class) or `location`
+    /// (the country containing the predicted location).
+    pub country_from: String,
+    pub country: Option<CountryMetrics>,
+    pub location: Option<DistanceMetrics>,
+}
+
+/// The predictions' Arrow schema.
+///
+/// One row per (model, test photo):
+/// - `model` (utf8): the train instance; `id` (utf8); `views` (u32): views averaged;
+/// - `true_class` (utf8?), `true_lat`, `true_lon` (f64?): the samples' label and location;
+/// - `pred_class` (utf8?): the top class (a country, an S2 cell token; null for latlon);
+/// - `top_classes` (list<utf8>), `top_probs` (list<f32>): the top-k classes and their
+///   probabilities, best first (empty for latlon);
+/// - `pred_lat`, `pred_lon` (f64?): the predicted location;
+/// - `pred_country` (utf8?): the country decided (see [`Scored::country_from`]), `other`
+///   outside the classes;
+/// - `error_km` (f64?): distance from truth under the configured metric.
+pub fn schema() -> Arc<Schema> {
+    let list = |t: DataType| DataType::List(Arc::new(Field::new("item", t, true)));
+    Arc::new(Schema::new(vec![
+        Field::new("model", DataType::Utf8, false),
+        Field::new("id", DataType::Utf8, false),
+        Field::new("views", DataType::UInt32, false),
+        Field::new("true_class", DataType::Utf8, true),
+        Field::new("true_lat", DataType::Float64, true),
+        Field::new("true_lon", DataType::Float64, true),
+        Field::new("pred_class", DataType::Utf8, true),
+        Field::new("top_classes", list(DataType::Utf8), false),
+        Field::new("top_probs", list(DataType::Float32), false),
+        Field::new("pred_lat", DataType::Float64, true),
+        Field::new("pred_lon", DataType::Float64, true),
+        Field::new("pred_country", DataType::Utf8, true),
+        Field::new("error_km", DataType::Float64, true),
+    ]))
+}
+
+/// The distance of a prediction from the truth under `metric` (points at exactly (0, 0),
+/// which `LatLon::new` refuses as a null island, are measured all the same).
+pub fn error_km(metric: DistanceMetric, pred: [f64; 2], truth: [f64; 2]) -> f64 {
+    let p = |x: [f64; 2]| LatLon {
+        lat: x[0],
+        lon: x[1],
+    };
+    metric.km(p(pred), p(truth))
+}
+
+/// The inputs by kind: the samples, the models, and the datasets they read.
+struct Sorted<'a> {
+    samples: &'a Input,
+    models: Vec<&'a Input>,
+    data: Vec<&'a Input>,
+}
+
+fn sort_inputs(ins: &[Input]) -> Result<Sorted<'_>, Error> {
+    let mut samples = Vec::new();
+    let mut models = Vec::new();
+    let mut data = Vec::new();
+    for i in ins {
+        match i.manifest.schema.as_str() {
+            "samples" => samples.push(i),
+            "model" => models.push(i),
+            "features" | "images" => data.push(i),
+            other => {
+                return Err(Error::Config(format!(
+                    "input `{}` is a {other} dataset; evaluate reads samples, models, and \
+                     the features or images they were trained on",
+                    i.name
+                )))
+            }
+        }
+    }
+    let [samples] = samples[..] else {
+        return Err(Error::Config(format!(
+            "evaluate reads exactly one samples dataset, its inputs hold {}",
+            samples.len()
+        )));
+    };
+    if models.is_empty() {
+        return Err(Error::Config(
+            "evaluate has no model among its inputs (add train instances to `inputs`)".into(),
+        ));
+    }
+    Ok(Sorted {
+        samples,
+        models,
+        data,
+    })
+}
+
+/// The fingerprint: the config, the samples' columns read, each model's files, each data
+/// input's columns.
+pub fn fingerprint(cfg: &Config, _ctx: &Context, ins: &[Input]) -> Result<String, Error> {
+    cfg.radii()?;
+    let s = sort_inputs(ins)?;
+    let mut fp = Fingerprint::new(KIND, FORMAT_VERSION)
+        .config(cfg)?
+        .dataset(
+            &s.samples.name,
+            &s.samples.manifest,
+            &["id", "split", "label", "lat", "lon"],
+            &["classes"],
+        )?;
+    for m in &s.models {
+        fp = fp.dataset(&m.name, &m.manifest, &[], &["files"])?;
+    }
+    for d in &s.data {
+        let col = if d.manifest.schema == "images" {
+            "pixels"
+        } else {
+            "feature"
+        };
+        fp = fp.dataset(&d.name, &d.manifest, &["id", "view", col], &[])?;
+    }
+    Ok(fp.finish())
+}
+
+/// What the samples say: the test photos, and the train split's class counts and
+/// locations (for the trivial predictors).
+struct Truth {
+    classes: Vec<String>,
+    /// Test photo id -> index.
+    index: HashMap<String, usize>,
+    ids: Vec<String>,
+    labels: Vec<Option<usize>>,
+    coords: Vec<Option<[f64; 2]>>,
+    train_counts: Vec<u64>,
+    train_class_locations: Vec<Option<[f64; 2]>>,
+    train_mean: Option<[f64; 2]>,
+}
+
+fn read_truth(input: &Input) -> Result<Truth, Error> {
+    let ds = Dataset::open(&input.dir, &geoloc_core::schema::samples())?;
+    let classes: Vec<String> = input
+        .manifest
+        .info
+        .metadata
+        .get("classes")
+        .and_then(|c| serde_json::from_value(c.clone()).ok())
+        .unwrap_or_default();
+    let k = classes.len();
+    let mut t = Truth {
+        classes,
+        index: HashMap::new(),
+        ids: Vec::new(),
+        labels: Vec::new(),
+        coords: Vec::new(),
+        train_counts: vec![0; k],
+        train_class_locations: Vec::new(),
+        train_mean: None,
+    };
+    let mut per_class = vec![SphericalMean::default(); k];
+    let mut all = SphericalMean::default();
+    ds.for_each_batch(|b| {
+        let ids = b.column(0).as_string::<i32>();
+        let lat = b.column(2).as_primitive::<Float64Type>();
+        let lon = b.column(3).as_primitive::<Float64Type>();
+        let split = b.column(8).as_string::<i32>();
+        let label = b.column(9).as_primitive::<Int32Type>();
+        for i in 0..b.num_rows() {
+            let coords = (!lat.is_null(i) && !lon.is_null(i)).then(|| [lat.value(i), lon.value(i)]);
+            let lab = (!label.is_null(i))
+                .then(|| label.value(i))
+                .and_then(|l| usize::try_from(l).ok())
+                .filter(|&l| l < k);
+            match split.value(i) {
+                "train" => {
+                    if let Some(c) = coords {
+                        all.add((c[0], c[1]), 1.0);
+                    }
+                    if let Some(l) = lab {
+                        t.train_counts[l] += 1;
+                        if let Some(c) = coords {
+                            per_class[l].add((c[0], c[1]), 1.0);
+                        }
+                    }
+                }
+                "test" if coords.is_some() || lab.is_some() => {
+                    t.index.insert(ids.value(i).to_owned(), t.ids.len());
+                    t.ids.push(ids.value(i).to_owned());
+                    t.labels.push(lab);
+                    t.coords.push(coords);
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    })?;
+    t.train_class_locations = per_class.iter().map(SphericalMean::finish).collect();
+    t.train_mean = all.finish();
+    Ok(t)
+}
+
+/// One predictor's per-photo output over the test photos.
+struct PhotoPredictions {
+    /// Per test photo: the views averaged, `None` where the input had no row.
+    scores: Vec<Option<Vec<f32>>>,
+    views: Vec<u32>,
+}
+
+/// Scores every test photo's rows in `data` with each predictor, views averaged.
+fn score_test_photos(
+    data: &Input,
+    truth: &Truth,
+    predictors: &[&Predictor],
+    progress: &indicatif::ProgressBar,
+) -> Result<Vec<PhotoPredictions>, Error> {
+    let (ds, dim, pixels) = match data.manifest.schema.as_str() {
+        "images" => {
+            let (w, h) = geoloc_core::schema::images_size(&data.manifest)?;
+            (
+                Dataset::open(&data.dir, &geoloc_core::schema::images(w, h))?,
+                (w * h * 3) as usize,
+                true,
+            )
+        }
+        _ => {
+            let dim = geoloc_core::schema::features_dim(&data.manifest)?;
+            (
+                Dataset::open(&data.dir, &geoloc_core::schema::features(dim))?,
+                dim,
+                false,
+            )
+        }
+    };
+    for p in predictors {
+        if p.input_dim() != dim {
+            return Err(Error::Data(format!(
+                "input `{}` has rows of {dim} values, the model reads {}",
+                data.name,
+                p.input_dim()
+            )));
+        }
+    }
+    let n = truth.ids.len();
+    let mut acc: Vec<PhotoScores> = predictors
+        .iter()
+        .map(|p| PhotoScores::new(n, p.output_dim()))
+        .collect();
+    let mut x: Vec<f32> = Vec::new();
+    let mut photos: Vec<usize> = Vec::new();
+    let mut flush = |x: &mut Vec<f32>, photos: &mut Vec<usize>| -> Result<(), Error> {
+        if photos.is_empty() {
+            return Ok(());
+        }
+        for (p, a) in predictors.iter().zip(acc.iter_mut()) {
+            let s = p.scores(x)?;
+            let d = p.output_dim();
+            for (j, &ph) in photos.iter().enumerate() {
+                a.add(ph, &s[j * d..(j + 1) * d]);
+            }
+        }
+        progress.inc(photos.len() as u64);
+        x.clear();
+        photos.clear();
+        Ok(())
+    };
+    ds.for_each_batch(|b| {
+        let ids = b.column(0).as_string::<i32>();
+        let px = pixels.then(|| b.column(2).as_fixed_size_binary());
+        let feats = (!pixels).then(|| {
+            let l = b.column(2).as_fixed_size_list();
+            (l, l.values().as_primitive::<Float32Type>())
+        });
+        for i in 0..b.num_rows() {
+            let Some(&ph) = truth.index.get(ids.value(i)) else {
+                continue;
+            };
+            match (&px, &feats) {
+                (Some(px), _) => x.extend(px.value(i).iter().map(|&v| v as f32)),
+                (_, Some((l, v))) => {
+                    let off = l.value_offset_at(i);
+                    x.extend_from_slice(&v.values()[off..off + dim]);
+                }
+                _ => unreachable!("one value column is set"),
+            }
+            photos.push(ph);
+            if photos.len() >= 256 {
+                flush(&mut x, &mut photos)
+                    .map_err(|e| geoloc_core::Error::Config(e.to_string()))?;
+            }
+        }
+        Ok(())
+    })?;
+    flush(&mut x, &mut photos)?;
+    Ok(acc
+        .into_iter()
+        .map(|a| PhotoPredictions {
+            scores: (0..n)
+                .map(|ph| (a.views(ph) > 0).then(|| a.mean(ph)))
+                .collect(),
+            views: (0..n).map(|ph| a.views(ph)).collect(),
+        })
+        .collect())
+}
+
+/// A decided prediction of one photo.
+struct Decided {
+    photo: usize,
+    views: u32,
+    top: Vec<(usize, f32)>,
+    location: Option<[f64; 2]>,
+    /// Class index of the decided country; `None`: other.
+    country: Option<usize>,
+    error_km: Option<f64>,
+}
+
+/// The class a location falls in (by its country code), `None` outside every class.
+fn class_of_location(classes: &[String], loc: Option<[f64; 2]>) -> Option<usize> {
+    let l = loc?;
+    let code = geoloc_core::country::country_code(LatLon {
+        lat: l[0],
+        lon: l[1],
+    })?;
+    classes.iter().position(|c| *c == code)
+}
+
+/// Decides each photo of a predictor: top-k, location, country, error.
+fn decide(
+    p: &Predictor,
+    pp: &PhotoPredictions,
+    truth: &Truth,
+    cfg: &Config,
+    country_classes: bool,
+) -> Vec<Decided> {
+    pp.scores
+        .iter()
+        .enumerate()
+        .filter_map(|(ph, s)| {
+            let s = s.as_ref()?;
+            let top = if p.card.task == Task::Latlon {
+                Vec::new()
+            } else {
+                top_k(s, cfg.top_k.max(1))
+            };
+            let location = p.locate(s);
+            let country = if country_classes {
+                top.first().map(|t| t.0)
+            } else {
+                class_of_location(&truth.classes, location)
+            };
+            let error_km = match (location, truth.coords[ph]) {
+                (Some(a), Some(b)) => Some(error_km(cfg.distance, a, b)),
+                _ => None,
+            };
+            Some(Decided {
+                photo: ph,
+                views: pp.views[ph],
+                top,
+                location,
+                country,
+                error_km,
+            })
+        })
+        .collect()
+}
+
+/// Scores decided predictions.
+fn score(
+    name: &str,
+    decided: &[Decided],
+    truth: &Truth,
+    radii: &[f64],
+    country_from: &str,
+) -> Scored {
+    let mut conf = Confusion::new(&truth.classes);
+    let mut errors = Vec::new();
+    for d in decided {
+        if let Some(l) = truth.labels[d.photo] {
+            conf.add(l, d.country);
+        }
+        if let Some(e) = d.error_km {
+            errors.push(e);
+        }
+    }
+    Scored {
+        name: name.into(),
+        photos: decided.len(),
+        country_from: country_from.into(),
+        country: conf.finish(),
+        location: DistanceMetrics::of(&errors, radii),
+    }
+}
+
+/// The trivial predictors: every photo gets the train split's most common class (and its
+/// mean location), or the train split's mean location.
+fn baselines(truth: &Truth, cfg: &Config, radii: &[f64]) -> Vec<Scored> {
+    let mut out = Vec::new();
+    let fixed = |loc: Option<[f64; 2]>, country: Option<usize>| -> Vec<Decided> {
+        (0..truth.ids.len())
+            .map(|ph| Decided {
+                photo: ph,
+                views: 0,
+                top: Vec::new(),
+                location: loc,
+                country,
+                error_km: match (loc, truth.coords[ph]) {
+                    (Some(a), Some(b)) => Some(error_km(cfg.distance, a, b)),
+                    _ => None,
+                },
+            })
+            .collect()
+    };
+    if let Some((top, _)) = truth
+        .train_counts
+        .iter()
+        .enumerate()
+        .filter(|(_, &c)| c > 0)
+        .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(&a.0)))
+    {
+        let loc = truth.train_class_locations[top];
+        out.push(score(
+            &format!("class prior ({})", truth.classes[top]),
+            &fixed(loc, Some(top)),
+            truth,
+            radii,
+            "class",
+        ));
+    }
+    if truth.train_mean.is_some() {
+        let d = fixed(
+            truth.train_mean,
+            class_of_location(&truth.classes, truth.train_mean),
+        );
+        out.push(score("train-mean location", &d, truth, radii, "location"));
+    }
+    out
+}
+
+/// Runs the stage: scores every model on the test photos, writes predictions, metrics,
+/// run files and the report into `ctx.out_dir`.
+pub fn run(cfg: &Config, ctx: &Context, ins: &[Input]) -> Result<Summary, Error> {
+    let t0 = Instant::now();
+    let radii = cfg.radii()?;
+    let s = sort_inputs(ins)?;
+    let dir = &ctx.out_dir;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    geoloc_core::artifact::uncommit(dir)?;
+    let truth = read_truth(s.samples)?;
+    if truth.ids.is_empty() {
+        return Err(Error::Data(format!(
+            "the samples `{}` hold no test photo with a location or label",
+            s.samples.name
+        )));
+    }
+    let device = candle_core::Device::Cpu;
+    let mut results = Vec::new();
+    let mut batches = Vec::new();
+    let mut run_files = Vec::new();
+    let mut histories = Vec::new();
+    for m in &s.models {
+        let tm = Instant::now();
+        geoloc_core::artifact::open(&m.dir, "model", 1, false)?;
+        let trained = Predictor::load(&m.dir, &device)?;
+        let data = find_input(m, &trained, &s.data)?;
+        if trained.card.classes.len() != trained.output_dim() && trained.card.task != Task::Latlon {
+            return Err(Error::Data(format!(
+                "model `{}`: {} classes, {} outputs",
+                m.name,
+                trained.card.classes.len(),
+                trained.output_dim()
+            )));
+        }
+        let untrained = trained.untrained()?;
+        let bar = ctx.progress_bar(&format!("evaluate {}", m.name), 0, "rows");
+        let mut pp = score_test_photos(data, &truth, &[&trained, &untrained], &bar)?;
+        bar.finish_and_clear();
+        let pp0 = pp.pop().expect("two predictors");
+        let pp1 = pp.pop().expect("two predictors");
+        let country_classes = trained.card.task == Task::Country;
+        if country_classes && trained.card.classes != truth.classes {
+            return Err(Error::Data(format!(
+                "model `{}` classifies {:?}, the samples' classes are {:?}",
+                m.name, trained.card.classes, truth.classes
+            )));
+        }
+        let from = if country_classes { "class" } else { "location" };
+        let d1 = decide(&trained, &pp1, &truth, cfg, country_classes);
+        let d0 = decide(&untrained, &pp0, &truth, cfg, country_classes);
+        let missing = truth.ids.len() - d1.len();
+        if missing == truth.ids.len() {
+            return Err(Error::Data(format!(
+                "model `{}`: its input `{}` has no row of any test photo",
+                m.name, data.name
+            )));
+        }
+        let result = ModelResult {
+            name: m.name.clone(),
+            task: trained.card.task,
+            head: trained.card.head.kind().into(),
+            input: data.name.clone(),
+            missing_photos: missing,
+            trained: score(&m.name, &d1, &truth, &radii, from),
+            epoch0: score(&format!("{} (0 epochs)", m.name), &d0, &truth, &radii, from),
+        };
+        batches.push(prediction_batch(&m.name, &trained, &d1, &truth)?);
+        if cfg.run_files {
+            run_files.push((m.name.clone(), run_file(&d1, &truth)));
+        }
+        histories.push((m.name.clone(), read_history(&m.dir)?));
+        tracing::info!(
+            model = %m.name,
+            input = %data.name,
+            seconds = format!("{:.2}", tm.elapsed().as_secs_f64()),
+            "scored"
+        );
+        results.push(result);
+    }
+    let metrics = Metrics {
+        distance: cfg.distance,
+        radii_km: radii.clone(),
+        classes: truth.classes.clone(),
+        test_photos: truth.ids.len(),
+        models: results,
+        baselines: baselines(&truth, cfg, &radii),
+    };
+
+    write_predictions(&dir.join(PREDICTIONS_FILE), &batches)?;
+    let json = serde_json::to_vec_pretty(&metrics).map_err(|e| Error::Data(e.to_string()))?;
+    geoloc_core::dataset::write_atomic(dir, METRICS_FILE, &json)?;
+    if cfg.run_files {
+        std::fs::create_dir_all(dir.join("runs")).map_err(|e| Error::io(dir.join("runs"), e))?;
+        for (name, text) in &run_files {
+            geoloc_core::dataset::write_atomic(
+                &dir.join("runs"),
+                &format!("{name}.txt"),
+                text.as_bytes(),
+            )?;
+        }
+    }
+    if cfg.report {
+        let title = cfg
+            .title
+            .clone()
+            .unwrap_or_else(|| format!("geoloc evaluation: {}", ctx_name(ctx)));
+        let tr = Instant::now();
+        let points = report::points(&batches);
+        report::write(dir, &title, &metrics, &histories, &points)?;
+        tracing::info!(
+            seconds = format!("{:.2}", tr.elapsed().as_secs_f64()),
+            "report written"
+        );
+    }
+    Ok(Summary {
+        models: metrics.models.len(),
+        test_photos: metrics.test_photos,
+        results: metrics
+            .models
+            .iter()
+            .map(|m| {
+                (
+                    m.name.clone(),
+                    m.trained.country.as_ref().map(|c| c.accuracy),
+                    m.trained.location.as_ref().map(|l| l.median_km),
+                )
+            })
+            .collect(),
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+fn ctx_name(ctx: &Context) -> String {
+    ctx.out_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| KIND.into())
+}
+
+/// The data input a model was trained on: the one whose fingerprint its card records.
+fn find_input<'a>(m: &Input, p: &Predictor, data: &[&'a Input]) -> Result<&'a Input, Error> {
+    let want = p.card.input_fingerprint.as_deref();
+    let found: Vec<&&Input> = data
+        .iter()
+        .filter(|d| match want {
+            Some(f) => d.manifest.info.fingerprint == f,
+            None => d.manifest.info.metadata == p.card.input,
+        })
+        .collect();
+    match found[..] {
+        [one] => Ok(one),
+        [] => Err(Error::Config(format!(
+            "model `{}` was trained on a {} dataset (fingerprint {}) that is not among \
+             evaluate's inputs ({}); add the instance it was trained on",
+            m.name,
+            p.card.input_kind,
+            want.unwrap_or("not recorded"),
+            data.iter()
+                .map(|d| d.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+        _ => Ok(found[0]),
+    }
+}
+
+/// The history of a model directory: (epoch, train loss, train acc, val loss, val acc,
+/// val median km) rows.
+pub(crate) type History = Vec<[Option<f64>; 6]>;
+
+fn read_history(dir: &Path) -> Result<History, Error> {
+    let path = dir.join(geoloc_models::card::HISTORY_FILE);
+    let f = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+    let perr = |e: parquet::errors::ParquetError| Error::Data(format!("{}: {e}", path.display()));
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+        .map_err(perr)?
+        .build()
+        .map_err(perr)?;
+    let mut out = Vec::new();
+    for b in reader {
+        let b = b.map_err(|e| Error::Data(format!("{}: {e}", path.display())))?;
+        let col = |name: &str| -> Option<Vec<Option<f64>>> {
+            let c = b.column_by_name(name)?;
+            let c = arrow::compute::cast(c, &DataType::Float64).ok()?;
+            let c = c.as_primitive::<Float64Type>();
+            Some(
+                (0..c.len())
+                    .map(|i| (!c.is_null(i)).then(|| c.value(i)))
+                    .collect(),
+            )
+        };
+        let names = [
+            "epoch",
+            "train_loss",
+            "train_accuracy",
+            "val_loss",
+            "val_accuracy",
+            "val_median_km",
+        ];
+        let cols: Vec<Vec<Option<f64>>> = names
+            .iter()
+            .map(|n| col(n).unwrap_or_else(|| vec![None; b.num_rows()]))
+            .collect();
+        out.extend((0..b.num_rows()).map(|i| std::array::from_fn(|k| cols[k][i])));
+    }
+    Ok(out)
+}
+
+fn prediction_batch(
+    model: &str,
+    p: &Predictor,
+    decided: &[Decided],
+    truth: &Truth,
+) -> Result<RecordBatch, Error> {
+    let class = |c: usize| p.card.classes.get(c).cloned();
+    let tclass = |ph: usize| truth.labels[ph].map(|l| truth.classes[l].clone());
+    let mut top_c = ListBuilder::new(StringBuilder::new());
+    let mut top_p = ListBuilder::new(Float32Builder::new());
+    for d in decided {
+        for &(c, pr) in &d.top {
+            top_c.values().append_option(class(c));
+            top_p.values().append_value(pr);
+        }
+        top_c.append(true);
+        top_p.append(true);
+    }
+    let f64s = |f: &dyn Fn(&Decided) -> Option<f64>| -> ArrayRef {
+        Arc::new(Float64Array::from(
+            decided.iter().map(f).collect::<Vec<_>>(),
+        ))
+    };
+    let strs = |f: &dyn Fn(&Decided) -> Option<String>| -> ArrayRef {
+        Arc::new(StringArray::from(decided.iter().map(f).collect::<Vec<_>>()))
+    };
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(vec![model; decided.len()])),
+        Arc::new(StringArray::from(
+            decided
+                .iter()
+                .map(|d| truth.ids[d.photo].as_str())
+                .collect::<Vec<_>>(),
+        )),
+        Arc::new(UInt32Array::from(
+            decided.iter().map(|d| d.views).collect::<Vec<_>>(),
+        )),
+        strs(&|d| tclass(d.photo)),
+        f64s(&|d| truth.coords[d.photo].map(|c| c[0])),
+        f64s(&|d| truth.coords[d.photo].map(|c| c[1])),
+        strs(&|d| d.top.first().and_then(|t| class(t.0))),
+        Arc::new(top_c.finish()),
+        Arc::new(top_p.finish()),
+        f64s(&|d| d.location.map(|l| l[0])),
+        f64s(&|d| d.location.map(|l| l[1])),
+        strs(&|d| {
+            Some(match d.country {
+                Some(c) => truth.classes[c].clone(),
+                None => "other".into(),
+            })
+        }),
+        f64s(&|d| d.error_km),
+    ];
+    RecordBatch::try_new(schema(), cols).map_err(|e| Error::Data(e.to_string()))
+}
+
+fn write_predictions(path: &Path, batches: &[RecordBatch]) -> Result<(), Error> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(".predictions.parquet.tmp");
+    let f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let perr = |e: parquet::errors::ParquetError| Error::Data(format!("{}: {e}", path.display()));
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
+        .build();
+    let mut w = parquet::arrow::ArrowWriter::try_new(f, schema(), Some(props)).map_err(perr)?;
+    for b in batches {
+        w.write(b).map_err(perr)?;
+    }
+    w.close().map_err(perr)?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+/// A MediaEval run file: `hash;lat;lon` per predicted photo, in test order.
+fn run_file(decided: &[Decided], truth: &Truth) -> String {
+    let mut s = String::new();
+    for d in decided {
+        if let Some(l) = d.location {
+            s += &format!("{};{:.6};{:.6}\n", truth.ids[d.photo], l[0], l[1]);
+        }
+    }
+    s
+}
+
+/// The files of the committed directory (those that exist).
+fn output_files(dir: &Path) -> Result<Vec<String>, Error> {
+    let mut files = vec![PREDICTIONS_FILE.to_string(), METRICS_FILE.to_string()];
+    for sub in ["plots", "runs"] {
+        let d = dir.join(sub);
+        if let Ok(rd) = std::fs::read_dir(&d) {
+            let mut names: Vec<String> = rd
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with('.'))
+                .map(|n| format!("{sub}/{n}"))
+                .collect();
+            names.sort();
+            files.extend(names);
+        }
+    }
+    for f in [REPORT_MD, REPORT_HTML] {
+        if dir.join(f).exists() {
+            files.push(f.into());
+        }
+    }
+    Ok(files)
+}
+
+/// Commits the output directory: every file listed with its blake3.
+pub fn finalize(
+    cfg: &Config,
+    ctx: &Context,
+    ins: &[Input],
+    shards: u32,
+) -> Result<Manifest, Error> {
+    if shards != 1 {
+        return Err(Error::Config(format!(
+            "evaluate runs as one process, not {shards} shards"
+        )));
+    }
+    let dir = &ctx.out_dir;
+    let bytes = std::fs::read(dir.join(METRICS_FILE)).map_err(|e| Error::io(dir, e))?;
+    let metrics: Metrics =
+        serde_json::from_slice(&bytes).map_err(|e| Error::Data(format!("metrics.json: {e}")))?;
+    let files = output_files(dir)?;
+    let refs: Vec<&str> = files.iter().map(String::as_str).collect();
+    let info = ManifestInfo {
+        stage: KIND.into(),
+        stage_format_version: FORMAT_VERSION,
+        fingerprint: fingerprint(cfg, ctx, ins)?,
+        config: serde_json::to_value(cfg).map_err(|e| Error::Config(e.to_string()))?,
+        build: ctx.build.clone(),
+        metadata: json!({
+            "test_photos": metrics.test_photos,
+            "models": metrics.models.iter().map(|m| &m.name).collect::<Vec<_>>(),
+            "distance": metrics.distance,
+        }),
+    };
+    Ok(geoloc_core::artifact::commit(
+        dir,
+        SCHEMA,
+        SCHEMA_VERSION,
+        &refs,
+        info,
+    )?)
+}
+
+/// Opens a committed evaluation directory (manifest and files checked).
+pub fn open(dir: &Path) -> Result<Manifest, Error> {
+    Ok(geoloc_core::artifact::open(
+        dir,
+        SCHEMA,
+        SCHEMA_VERSION,
+        false,
+    )?)
+}
+
+/// Reads a committed evaluation's `metrics.json`.
+pub fn read_metrics(dir: &Path) -> Result<Metrics, Error> {
+    open(dir)?;
+    let p = dir.join(METRICS_FILE);
+    let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::Data(format!("{}: {e}", p.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Antimeridian and pole cases, under all three distances.
+    #[test]
+    fn errors_across_the_antimeridian_and_at_the_poles() {
+        use DistanceMetric::*;
+        // One degree of longitude across the antimeridian at the equator: 111.19 km.
+        let one_deg = 6371.0 * std::f64::consts::PI / 180.0;
+        for m in [Haversine, Equirectangular] {
+            let d = error_km(m, [0.0, 179.5], [0.0, -179.5]);
+            assert!((d - one_deg).abs() < 1e-6, "{m}: {d}");
+        }
+        let d = error_km(Geodesic, [0.0, 179.5], [0.0, -179.5]);
+        assert!((d - 111.32).abs() < 0.01, "geodesic {d}"); // the WGS84 equator is longer
+                                                            // The pole is one point whatever the longitude.
+        for m in [Haversine, Geodesic] {
+            let d = error_km(m, [90.0, 0.0], [90.0, 180.0]);
+            assert!(d.abs() < 1e-6, "{m}: {d}");
+        }
+        // Across the pole: 89N 0E to 89N 180E is two degrees of arc over the pole.
+        let d = error_km(Haversine, [89.0, 0.0], [89.0, 180.0]);
+        assert!((d - 2.0 * one_deg).abs() < 1e-6, "{d}");
+        // The paper's approximation goes around instead: 180 degrees at cos(89).
+        let d = error_km(Equirectangular, [89.0, 0.0], [89.0, 180.0]);
+        let around = 180.0 * 89f64.to_radians().cos() * one_deg;
+        assert!((d - around).abs() < 1e-6, "{d} vs {around}");
+        // (0, 0), refused as a location by LatLon::new, is measured.
+        let d = error_km(Haversine, [0.0, 0.0], [0.0, 1.0]);
+        assert!((d - one_deg).abs() < 1e-6);
+    }
+
+    #[test]
+    fn config_defaults_and_refusals() {
+        let c: Config = toml::from_str("").unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.radii().unwrap(), DEFAULT_RADII_KM.to_vec());
+        let c: Config = toml::from_str("radii_km = [100.0, 1.0, 1.0]").unwrap();
+        assert_eq!(c.radii().unwrap(), vec![1.0, 100.0]);
+        let c: Config = toml::from_str("radii_km = [-1.0]").unwrap();
+        assert!(c.radii().unwrap_err().to_string().contains("positive"));
+        assert!(toml::from_str::<Config>("distance = \"manhattan\"").is_err());
+        assert!(toml::from_str::<Config>("bogus = 1").is_err());
+    }
+}
