@@ -1,36 +1,55 @@
-//! End to end through the real binary: the `tiny` demo (1500 generated rows) run by the
-//! pipeline runner, then staleness, selection and recovery on the same project.
+//! End to end through the real binary, over one shared run of the `tiny` demo (1500
+//! generated rows) by the pipeline runner: what it committed, what it learned, the report,
+//! and the runner's staleness on a copy of it.
 
 mod support;
 
 use arrow::array::{Array, AsArray};
-use arrow::datatypes::Int32Type;
+use arrow::datatypes::{Float32Type, Int32Type};
 use geoloc_core::dataset::Dataset;
 use geoloc_core::schema;
-use std::collections::BTreeMap;
-use support::{demo_project, geoloc, stdout};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use support::{geoloc, shared_tiny_demo, stdout};
+
+const PIPE: &str = "pipelines/demo.toml";
+
+/// Every instance of the demo pipeline, in file order.
+const INSTANCES: [&str; 12] = [
+    "ingest",
+    "crop224",
+    "squash52x48",
+    "squash150x90",
+    "lite0",
+    "hog",
+    "country",
+    "latlon",
+    "geocells",
+    "hog_svm",
+    "small_cnn",
+    "evaluate",
+];
+
+fn metrics(root: &Path) -> geoloc_evaluate::Metrics {
+    geoloc_evaluate::read_metrics(&root.join("runs/demo/evaluate")).expect("committed metrics")
+}
 
 #[test]
-fn tiny_demo_runs_and_the_runner_tracks_staleness() {
-    // The demo's featurize runs the real Lite0 checkpoint.
-    if support::lite0().is_none() {
+fn every_manifest_is_complete_and_the_features_use_the_real_lite0() {
+    let Some(root) = shared_tiny_demo() else {
         return;
+    };
+    let out = stdout(&geoloc(&["status", PIPE], &root, &[], true));
+    assert!(out.contains("12 of 12 instances fresh"), "{out}");
+    for name in INSTANCES {
+        let dir = root.join("runs/demo").join(name);
+        let m =
+            geoloc_core::dataset::Manifest::load(&dir).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(!m.info.fingerprint.is_empty(), "{name}");
     }
-    let p = demo_project(1500);
-    let root = p.path();
-    let pipe = "pipelines/demo.toml";
-
-    let out = stdout(&geoloc(&["status", pipe], root, &[], true));
-    assert!(out.contains("missing: never run"), "{out}");
-
-    let out = stdout(&geoloc(&["run", pipe], root, &[], true));
-    assert!(out.contains("ingest: ran"), "{out}");
-
     // The committed samples: the paper's five countries, balanced, labelled, split.
-    let ds = Dataset::open(&root.join("runs/demo/ingest"), &schema::samples())
-        .expect("committed dataset");
+    let ds = Dataset::open(&root.join("runs/demo/ingest"), &schema::samples()).unwrap();
     ds.verify().unwrap();
-    assert_eq!(ds.manifest.info.stage, "ingest");
     assert_eq!(
         ds.manifest.info.metadata["classes"],
         serde_json::json!(["DE", "CA", "IT", "ES", "FR"])
@@ -46,12 +65,9 @@ fn tiny_demo_runs_and_the_runner_tracks_staleness() {
             *per_split.entry(splits.value(k).to_owned()).or_default() += 1;
         }
     }
-    assert_eq!(per_class.len(), 5);
     let counts: Vec<usize> = per_class.values().copied().collect();
-    assert!(
-        counts.iter().all(|&c| c == counts[0]),
-        "balanced: {per_class:?}"
-    );
+    assert_eq!(counts.len(), 5);
+    assert!(counts.iter().all(|&c| c == counts[0]), "{per_class:?}");
     assert!(counts[0] > 100, "{per_class:?}");
     assert_eq!(
         per_split.keys().cloned().collect::<Vec<_>>(),
@@ -62,89 +78,529 @@ fn tiny_demo_runs_and_the_runner_tracks_staleness() {
         "the generator plants five broken lines"
     );
 
-    // Every head trained, committed, and the country head learned: beyond its untrained
-    // epoch 0 and the class prior (0.2) by a wide margin on the demo's country-styled photos.
+    // Features from the real checkpoint, never silently random.
+    let lite0 = support::lite0().unwrap();
+    let m = geoloc_featurize::open(&root.join("runs/demo/lite0"))
+        .unwrap()
+        .manifest;
+    assert_eq!(m.info.metadata["random_init"], serde_json::json!(false));
+    assert_eq!(
+        m.info.metadata["weights_blake3"].as_str(),
+        Some(
+            geoloc_models::backbone::weights_checksum(&lite0)
+                .unwrap()
+                .as_str()
+        )
+    );
+    // Every head's model directory opens and names the features it read.
     for head in ["country", "latlon", "geocells", "hog_svm", "small_cnn"] {
         let dir = root.join("runs/demo").join(head);
         geoloc_train::open(&dir).unwrap_or_else(|e| panic!("{head}: {e}"));
         let card = geoloc_models::card::ModelCard::load(&dir).unwrap();
-        assert!(
-            card.train_rows > 500 && card.val_rows > 50,
-            "{head}: {card:?}"
-        );
-        assert!(card.best.median_km.is_some(), "{head}");
+        assert!(card.train_rows > 500 && card.val_rows > 50, "{head}");
+        assert!(card.input_fingerprint.is_some(), "{head}");
     }
-    let card = geoloc_models::card::ModelCard::load(&root.join("runs/demo/country")).unwrap();
-    let (acc, acc0) = (card.best.accuracy.unwrap(), card.epoch0.accuracy.unwrap());
+    geoloc_evaluate::open(&root.join("runs/demo/evaluate")).unwrap();
+}
+
+#[test]
+fn the_heads_beat_their_untrained_selves_and_the_trivial_predictors() {
+    let Some(root) = shared_tiny_demo() else {
+        return;
+    };
+    let m = metrics(&root);
+    assert!(m.test_photos > 100, "{}", m.test_photos);
+    let model = |n: &str| m.models.iter().find(|r| r.name == n).unwrap();
+    let prior = m
+        .baselines
+        .iter()
+        .find(|b| b.name.starts_with("class prior"))
+        .unwrap();
+    let mean = m
+        .baselines
+        .iter()
+        .find(|b| b.name == "train-mean location")
+        .unwrap();
+    let acc = |s: &geoloc_evaluate::Scored| s.country.as_ref().unwrap().accuracy;
+    let median = |s: &geoloc_evaluate::Scored| s.location.as_ref().unwrap().median_km;
+
+    // The class prior on balanced classes is about 1/5.
+    assert!((acc(prior) - 0.2).abs() < 0.08, "prior {}", acc(prior));
+    let country = model("country");
+    let (a, a0) = (acc(&country.trained), acc(&country.epoch0));
     assert!(
-        acc > acc0 + 0.3 && acc > 0.2 + 0.3,
-        "country head {acc} (epoch 0 {acc0})"
+        a > a0 + 0.25 && a > acc(prior) + 0.25,
+        "country head {a} vs epoch 0 {a0}, prior {}",
+        acc(prior)
     );
+    // Its interval is honest: it contains the accuracy and is narrower than 0.2 here.
+    let ci = country.trained.country.as_ref().unwrap().ci95;
+    assert!(ci[0] < a && a < ci[1] && ci[1] - ci[0] < 0.2, "{ci:?}");
+    // The location heads beat the train-mean location's median error by a wide margin.
+    for n in ["latlon", "geocells"] {
+        let r = model(n);
+        assert!(
+            median(&r.trained) < 0.7 * median(mean),
+            "{n}: {} km vs the train mean's {} km",
+            median(&r.trained),
+            median(mean)
+        );
+        assert!(median(&r.trained) < median(&r.epoch0), "{n}");
+    }
+    // The paper's baselines learned something too.
+    for n in ["hog_svm", "small_cnn"] {
+        let r = model(n);
+        assert!(
+            acc(&r.trained) > acc(prior) + 0.1,
+            "{n}: {}",
+            acc(&r.trained)
+        );
+    }
+
+    // The predictions agree with the metrics: one row per model and predicted photo,
+    // probabilities summing to one, the country head's accuracy recomputed from them.
+    let f = std::fs::File::open(root.join("runs/demo/evaluate/predictions.parquet")).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+        .unwrap()
+        .build()
+        .unwrap();
+    let (mut right, mut total) = (0usize, 0usize);
+    let mut per_model: BTreeMap<String, usize> = BTreeMap::new();
+    for b in reader {
+        let b = b.unwrap();
+        let models = b.column(0).as_string::<i32>();
+        let truth = b.column(3).as_string::<i32>();
+        let pred = b.column(11).as_string::<i32>();
+        let probs = b.column(8).as_list::<i32>();
+        for i in 0..b.num_rows() {
+            *per_model.entry(models.value(i).to_owned()).or_default() += 1;
+            if models.value(i) == "country" {
+                let p = probs.value(i);
+                let p = p.as_primitive::<Float32Type>();
+                assert_eq!(p.len(), 5);
+                let sum: f32 = p.values().iter().sum();
+                assert!((sum - 1.0).abs() < 1e-3, "{sum}");
+                total += 1;
+                right += (truth.value(i) == pred.value(i)) as usize;
+            }
+        }
+    }
+    assert_eq!(per_model.len(), 5, "{per_model:?}");
+    let c = country.trained.country.as_ref().unwrap();
+    assert_eq!((right as u64, total as u64), (c.correct, c.photos));
+    // The MediaEval run files: `hash;lat;lon` per predicted photo.
+    let run = std::fs::read_to_string(root.join("runs/demo/evaluate/runs/latlon.txt")).unwrap();
+    assert_eq!(run.lines().count(), model("latlon").trained.photos);
+    let first: Vec<&str> = run.lines().next().unwrap().split(';').collect();
+    assert_eq!(first.len(), 3);
+    assert!(first[1].parse::<f64>().is_ok() && first[2].parse::<f64>().is_ok());
+}
+
+/// Every PNG of the report: decodes, at least 400x300, more than a handful of colours.
+#[test]
+fn the_report_has_real_pictures_and_a_self_contained_page() {
+    let Some(root) = shared_tiny_demo() else {
+        return;
+    };
+    let dir = root.join("runs/demo/evaluate");
+    let plots: Vec<PathBuf> = std::fs::read_dir(dir.join("plots"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let names: BTreeSet<String> = plots
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    for want in [
+        "accuracy-by-model.png",
+        "error-cdf.png",
+        "curves-country.png",
+        "map-latlon.png",
+        "confusion-country.png",
+    ] {
+        assert!(names.contains(want), "{want} missing from {names:?}");
+    }
+    for p in &plots {
+        let img = image::open(p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .to_rgb8();
+        let (w, h) = img.dimensions();
+        assert!(w >= 400 && h >= 300, "{}: {w}x{h}", p.display());
+        let colours: BTreeSet<[u8; 3]> = img.pixels().map(|p| p.0).collect();
+        assert!(
+            colours.len() > 16,
+            "{}: {} colours",
+            p.display(),
+            colours.len()
+        );
+    }
+    let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    for n in &names {
+        assert!(md.contains(&format!("plots/{n}")), "report.md lacks {n}");
+    }
+    let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
     assert_eq!(
-        card.input["weights_blake3"].as_str().map(str::len),
-        Some(64),
-        "real Lite0 weights"
+        html.matches("data:image/png;base64,").count(),
+        names.len(),
+        "every plot inlined"
     );
+    for external in ["http://", "https://", "<script", "src=\"plots/"] {
+        assert!(!html.contains(external), "report.html holds {external}");
+    }
+}
 
-    // Fresh: nothing reruns.
-    let out = stdout(&geoloc(&["run", pipe], root, &[], true));
+/// The HTML report opens in headless Chromium (Debian's `chromium`): it renders the page's
+/// title, its tables and every picture, and logs no error.
+#[test]
+fn the_html_report_opens_in_headless_chromium() {
+    let Some(root) = shared_tiny_demo() else {
+        return;
+    };
+    let Some(chromium) = geoloc_core::fixtures::program(
+        "chromium",
+        "install Debian's chromium package: apt-get install chromium",
+    ) else {
+        return;
+    };
+    let html = root.join("runs/demo/evaluate/report.html");
+    let profile = tempfile::tempdir().unwrap();
+    // The page's own script-free DOM, after load, with each image's decoded width: a
+    // picture that failed to decode has naturalWidth 0. --dump-dom prints the DOM only, so
+    // the widths are read through a data-URL page that frames the report.
+    let out = std::process::Command::new(&chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--virtual-time-budget=5000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("--dump-dom")
+        .arg(format!("file://{}", html.display()))
+        .output()
+        .expect("chromium runs");
+    let dom = String::from_utf8_lossy(&out.stdout);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "chromium failed: {log}");
     assert!(
-        out.contains("ingest: fresh") && !out.contains("ran"),
-        "{out}"
+        dom.contains("<h1>geoloc demo"),
+        "{}",
+        &dom[..dom.len().min(500)]
     );
+    assert!(dom.matches("<table>").count() >= 2);
+    let images = std::fs::read_dir(root.join("runs/demo/evaluate/plots"))
+        .unwrap()
+        .count();
+    assert_eq!(dom.matches("<img ").count(), images);
+    // Page errors (a broken resource, a bad image) show in the console log.
+    for line in log.lines() {
+        let l = line.to_ascii_lowercase();
+        assert!(
+            !(l.contains("console") && l.contains("error")) && !l.contains("err_file_not_found"),
+            "chromium logged: {line}"
+        );
+    }
+    // A screenshot of the page is a real picture.
+    let shot = profile.path().join("shot.png");
+    let st = std::process::Command::new(&chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--window-size=1280,2000",
+        ])
+        .arg(format!(
+            "--user-data-dir={}",
+            profile.path().join("p2").display()
+        ))
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(format!("file://{}", html.display()))
+        .output()
+        .expect("chromium runs");
     assert!(
-        stdout(&geoloc(&["status", pipe], root, &[], true)).contains("11 of 11 instances fresh")
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
     );
+    let img = image::open(&shot).unwrap().to_rgb8();
+    let colours: BTreeSet<[u8; 3]> = img.pixels().map(|p| p.0).collect();
+    assert!(
+        colours.len() > 50,
+        "screenshot has {} colours",
+        colours.len()
+    );
+}
 
-    // A config change makes it stale, with the reason.
-    let text = std::fs::read_to_string(root.join(pipe)).unwrap();
+#[test]
+fn a_second_run_does_nothing() {
+    let Some(root) = shared_tiny_demo() else {
+        return;
+    };
+    let out = stdout(&geoloc(&["run", PIPE], &root, &[], true));
+    assert!(!out.contains(": ran"), "{out}");
+    assert_eq!(out.matches(": fresh").count(), INSTANCES.len(), "{out}");
+}
+
+/// On a copy of the shared run: one train parameter changed reruns that train instance and
+/// evaluate, nothing else; config and source changes show in `status` with their reason;
+/// an interrupted instance is missing; selection flags.
+#[test]
+fn the_runner_reruns_only_what_a_change_touches() {
+    let Some(shared) = shared_tiny_demo() else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path();
+    support::copy_tree(&shared, root);
+    let pipe = root.join(PIPE);
+    let text = std::fs::read_to_string(&pipe).unwrap();
+
+    // One train parameter: latlon's epochs.
+    let marker =
+        "[stages.latlon.config]\nhead = \"mlp\"\ntask = \"latlon\"\nhidden = 256\nepochs = 30";
+    assert!(
+        text.contains(marker),
+        "the demo pipeline's latlon table changed"
+    );
+    // The changed file is the base of what follows.
+    let text = text.replace(marker, &marker.replace("epochs = 30", "epochs = 25"));
+    std::fs::write(&pipe, &text).unwrap();
+    let out = stdout(&geoloc(&["status", PIPE], root, &[], true));
+    assert!(out.contains("10 of 12 instances fresh"), "{out}");
+    let out = stdout(&geoloc(&["run", PIPE], root, &[], true));
+    let ran: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains(": ran"))
+        .map(|l| l.split(':').next().unwrap())
+        .collect();
+    assert_eq!(ran, ["latlon", "evaluate"], "{out}");
+    let card = geoloc_models::card::ModelCard::load(&root.join("runs/demo/latlon")).unwrap();
+    assert_eq!(card.epochs_run, 25);
+
+    // A config change upstream: stale, with the reason (not run: it would redo everything).
     std::fs::write(
-        root.join(pipe),
+        &pipe,
         text.replace("balance = { seed = 7 }", "balance = { seed = 8 }"),
     )
     .unwrap();
-    let out = stdout(&geoloc(&["status", pipe], root, &[], true));
+    let out = stdout(&geoloc(&["status", PIPE], root, &[], true));
     assert!(out.contains("stale: its config changed"), "{out}");
-    assert!(stdout(&geoloc(&["run", pipe], root, &[], true)).contains("ingest: ran"));
+    std::fs::write(&pipe, &text).unwrap();
 
-    // A changed source file (here: regenerated with more rows) makes it stale.
-    support::synth(root, 1600);
-    let out = stdout(&geoloc(&["status", pipe], root, &[], true));
+    // A changed source file (regenerated with more rows) makes ingest stale; regenerating
+    // the same data leaves the files alone, fresh again.
+    support::synth(root, support::TINY_ROWS + 100);
+    let out = stdout(&geoloc(&["status", PIPE], root, &[], true));
     assert!(out.contains("stale: its inputs changed"), "{out}");
-    // Regenerating identical data leaves the files alone: fresh again after one run.
-    geoloc(&["run", pipe], root, &[], true);
-    support::synth(root, 1600);
-    let out = stdout(&geoloc(&["status", pipe], root, &[], true));
-    assert!(out.contains("11 of 11 instances fresh"), "{out}");
+    support::synth(root, support::TINY_ROWS);
+    let out = stdout(&geoloc(&["status", PIPE], root, &[], true));
+    assert!(
+        out.contains("ingest") && out.contains("stale: its inputs changed"),
+        "{out}"
+    );
+    // (The regenerated files have new modification times: ingest reruns, and its output
+    // equals the old, so nothing downstream does.)
+    let out = stdout(&geoloc(&["run", PIPE], root, &[], true));
+    assert!(out.contains("ingest: ran"), "{out}");
+    assert_eq!(out.matches(": ran").count(), 1, "{out}");
 
     // An interrupted run (no manifest) is missing, and a reader refuses it.
     std::fs::remove_file(root.join("runs/demo/ingest/_manifest.json")).unwrap();
-    let out = stdout(&geoloc(&["status", pipe], root, &[], true));
+    let out = stdout(&geoloc(&["status", PIPE], root, &[], true));
     assert!(out.contains("missing: no committed output"), "{out}");
     assert!(Dataset::open(&root.join("runs/demo/ingest"), &schema::samples()).is_err());
-    assert!(stdout(&geoloc(&["run", pipe], root, &[], true)).contains("ingest: ran"));
+    let out = stdout(&geoloc(&["run", PIPE, "--only", "ingest"], root, &[], true));
+    assert!(out.contains("ingest: ran"), "{out}");
 
-    // Selection: --force, --only, --downstream, and unknown names.
-    // (--force on one instance: the whole demo forced reruns Lite0, which the --downstream
-    // case below does anyway.)
-    assert!(stdout(&geoloc(
-        &["run", pipe, "--force", "--only", "ingest"],
+    // Selection: --force, --only, unknown names.
+    let out = stdout(&geoloc(
+        &["run", PIPE, "--force", "--only", "evaluate"],
         root,
         &[],
-        true
-    ))
-    .contains("ingest: ran"));
-    assert!(
-        stdout(&geoloc(&["run", pipe, "--only", "ingest"], root, &[], true))
-            .contains("ingest: fresh")
-    );
-    assert!(stdout(&geoloc(
-        &["run", pipe, "--downstream", "ingest", "--force"],
-        root,
-        &[],
-        true
-    ))
-    .contains("ingest: ran"));
-    let err = support::stderr(&geoloc(&["run", pipe, "--only", "nope"], root, &[], false));
+        true,
+    ));
+    assert!(out.contains("evaluate: ran"), "{out}");
+    let out = stdout(&geoloc(&["run", PIPE], root, &[], true));
+    assert!(!out.contains(": ran"), "{out}");
+    let err = support::stderr(&geoloc(&["run", PIPE, "--only", "nope"], root, &[], false));
     assert!(err.contains("has no instance `nope`"), "{err}");
+}
+
+/// `geoloc predict` on the real photos of ../shared/data/photos with the demo's country
+/// model: one row per decodable photo, the others named with a reason.
+#[test]
+fn predict_runs_the_whole_chain_on_real_photos() {
+    let Some(root) = shared_tiny_demo() else {
+        return;
+    };
+    let Some(shared) = geoloc_core::fixtures::shared_dir(env!("CARGO_MANIFEST_DIR")) else {
+        return;
+    };
+    let photos = shared.join("data/photos");
+    let t = tempfile::tempdir().unwrap();
+    let model = root.join("runs/demo/country");
+    let model_s = model.to_str().unwrap();
+    let photos_s = photos.to_str().unwrap();
+    let out_pq = t.path().join("p.parquet");
+    let o = geoloc(
+        &[
+            "predict",
+            photos_s,
+            "--model",
+            model_s,
+            "-o",
+            out_pq.to_str().unwrap(),
+        ],
+        &root,
+        &[],
+        true,
+    );
+    // Every image file under photos/ is either predicted or skipped with a reason.
+    let files: Vec<PathBuf> = walk(&photos)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e != "csv"))
+        .collect();
+    let err = support::stderr(&o);
+    let skipped: Vec<&str> = err.lines().filter(|l| l.starts_with("skipped ")).collect();
+    // The two HEIF photos: this build has no HEIF decoder, and says so.
+    assert_eq!(skipped.len(), 2, "{err}");
+    assert!(
+        skipped
+            .iter()
+            .all(|l| l.contains(".heif: unsupported-format")),
+        "{err}"
+    );
+    let f = std::fs::File::open(&out_pq).unwrap();
+    let batches: Vec<_> = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+        .unwrap()
+        .build()
+        .unwrap()
+        .map(|b| b.unwrap())
+        .collect();
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    assert_eq!(rows + skipped.len(), files.len(), "{}", stdout(&o));
+    assert!(rows >= 60);
+    let classes = ["DE", "CA", "IT", "ES", "FR"];
+    for b in &batches {
+        let country = b.column(4).as_string::<i32>();
+        let top = b.column(5).as_list::<i32>();
+        let probs = b.column(6).as_list::<i32>();
+        for i in 0..b.num_rows() {
+            assert!(classes.contains(&country.value(i)));
+            assert_eq!(top.value(i).len(), 5);
+            let p = probs.value(i);
+            let p = p.as_primitive::<Float32Type>();
+            let v = p.values();
+            assert!(v.windows(2).all(|w| w[0] >= w[1]), "sorted: {v:?}");
+            assert!((v.iter().sum::<f32>() - 1.0).abs() < 1e-3);
+        }
+    }
+    // CSV and GeoJSON hold the same photos.
+    let csv = t.path().join("p.csv");
+    geoloc(
+        &[
+            "predict",
+            photos_s,
+            "--model",
+            model_s,
+            "-o",
+            csv.to_str().unwrap(),
+        ],
+        &root,
+        &[],
+        true,
+    );
+    assert_eq!(
+        std::fs::read_to_string(&csv).unwrap().lines().count(),
+        rows + 1
+    );
+    let gj = t.path().join("p.geojson");
+    geoloc(
+        &[
+            "predict",
+            photos_s,
+            "--model",
+            model_s,
+            "-o",
+            gj.to_str().unwrap(),
+        ],
+        &root,
+        &[],
+        true,
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&gj).unwrap()).unwrap();
+    assert_eq!(doc["type"], "FeatureCollection");
+    assert_eq!(doc["features"].as_array().unwrap().len(), rows);
+    let c = &doc["features"][0]["geometry"]["coordinates"];
+    assert!(c[0].as_f64().unwrap().abs() <= 180.0 && c[1].as_f64().unwrap().abs() <= 90.0);
+
+    // The small CNN reads pixels: the chain without a backbone.
+    let cnn = root.join("runs/demo/small_cnn");
+    let o = geoloc(
+        &[
+            "predict",
+            photos_s,
+            "--model",
+            cnn.to_str().unwrap(),
+            "-o",
+            csv.to_str().unwrap(),
+        ],
+        &root,
+        &[],
+        true,
+    );
+    assert!(
+        stdout(&o).contains(&format!("predicted {rows} photos")),
+        "{}",
+        stdout(&o)
+    );
+
+    // Other weights than the card's: refused, with both checksums.
+    let fake = t.path().join("other.pth");
+    std::fs::write(&fake, b"not the checkpoint").unwrap();
+    let o = geoloc(
+        &[
+            "predict",
+            photos_s,
+            "--model",
+            model_s,
+            "-o",
+            csv.to_str().unwrap(),
+            "--weights",
+            fake.to_str().unwrap(),
+        ],
+        &root,
+        &[],
+        false,
+    );
+    let err = support::stderr(&o);
+    assert!(
+        err.contains("is not the backbone this model was trained on"),
+        "{err}"
+    );
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }

@@ -117,3 +117,81 @@ pub fn copy_dir(from: &Path, to: &Path) {
         std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
     }
 }
+
+/// Copies a directory tree (a whole project, runs included), keeping modification times
+/// (source files' times are part of ingest's and preprocess's fingerprints).
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let ft = e.file_type().unwrap();
+        let dst = to.join(e.file_name());
+        if ft.is_dir() {
+            copy_tree(&e.path(), &dst);
+        } else if ft.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(e.path()).unwrap(), &dst).unwrap();
+        } else {
+            std::fs::copy(e.path(), &dst).unwrap();
+            let mtime = e.metadata().unwrap().modified().unwrap();
+            std::fs::File::options()
+                .write(true)
+                .open(&dst)
+                .unwrap()
+                .set_modified(mtime)
+                .unwrap();
+        }
+    }
+}
+
+/// Rows of the `tiny` demo the end-to-end tests share.
+pub const TINY_ROWS: usize = 1500;
+
+/// One run of the `tiny` demo through the runner, shared by every end-to-end test (nextest
+/// runs each test in its own process: the first to take the lock builds it, the others wait
+/// and reuse it). It lives under Cargo's per-target temporary directory and is reused by
+/// later test runs while the binary, the demo pipeline and the Lite0 checkpoint are the
+/// same; anything else rebuilds it. Tests must not change it: copy it ([`copy_tree`]) to
+/// change anything. `None` when the Lite0 checkpoint is absent (the test skips; CI
+/// requires it).
+pub fn shared_tiny_demo() -> Option<PathBuf> {
+    let lite0 = lite0()?;
+    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-shared");
+    std::fs::create_dir_all(&base).unwrap();
+    let lock = std::fs::File::create(base.join(".lock")).unwrap();
+    lock.lock().unwrap();
+    let dir = base.join("tiny-demo");
+    let stamp = {
+        let file = |p: &Path| {
+            let m = std::fs::metadata(p).unwrap();
+            format!("{} {} {:?}", p.display(), m.len(), m.modified().ok())
+        };
+        format!(
+            "{}\n{}\n{}\nrows {TINY_ROWS}\n",
+            file(Path::new(env!("CARGO_BIN_EXE_geoloc"))),
+            file(&workspace().join("pipelines/demo.toml")),
+            file(&lite0)
+        )
+    };
+    let marker = dir.join(".complete");
+    if std::fs::read_to_string(&marker).ok().as_deref() == Some(stamp.as_str()) {
+        return Some(dir);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("pipelines")).unwrap();
+    std::fs::copy(
+        workspace().join("pipelines/demo.toml"),
+        dir.join("pipelines/demo.toml"),
+    )
+    .unwrap();
+    synth(&dir, TINY_ROWS);
+    link_weights(&dir);
+    let t0 = std::time::Instant::now();
+    let out = geoloc(&["run", "pipelines/demo.toml"], &dir, &[], true);
+    eprintln!(
+        "shared tiny demo ({TINY_ROWS} rows) built in {:.1}s:\n{}",
+        t0.elapsed().as_secs_f64(),
+        stdout(&out)
+    );
+    std::fs::write(&marker, stamp).unwrap();
+    Some(dir)
+}

@@ -195,8 +195,9 @@ fn demo(args: &[String]) -> Result<()> {
         .current_dir(root())
         .args(["status", "pipelines/demo.toml"]))?;
     eprintln!(
-        "demo finished in {:.1}s; outputs under runs/demo/",
-        t0.elapsed().as_secs_f64()
+        "demo finished in {:.1}s; outputs under runs/demo/, the report at {}",
+        t0.elapsed().as_secs_f64(),
+        root().join("runs/demo/evaluate/report.html").display()
     );
     Ok(())
 }

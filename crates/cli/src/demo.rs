@@ -36,7 +36,7 @@ fn bytes_of(i: usize, p: &DemoPhoto, seed: u64) -> Option<Vec<u8>> {
     } else {
         (256, 192)
     };
-    let img = synth::photo(s, p.country, p.lat, w, h);
+    let img = synth::photo(s, p.lat, p.lon, w, h);
     Some(match i {
         3 => return None, // missing
         5 => Vec::new(),  // empty

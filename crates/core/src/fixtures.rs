@@ -80,3 +80,22 @@ pub fn lite0_checkpoint(manifest_dir: &str) -> Option<PathBuf> {
     eprintln!("SKIP: {msg}");
     None
 }
+/// An external program a test needs (`chromium` for the report check), found on `PATH`, or
+/// `None` (after printing why and how to get it) when it is absent and not required. Panics
+/// when absent and `GEOLOC_REQUIRE_SHARED=1`.
+pub fn program(name: &str, how_to_get: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    });
+    if found.is_some() {
+        return found;
+    }
+    let msg = format!("`{name}` not found on PATH ({how_to_get})");
+    if std::env::var(REQUIRE_VAR).is_ok_and(|v| v == "1") {
+        panic!("{msg}, and {REQUIRE_VAR}=1 requires it");
+    }
+    eprintln!("SKIP: {msg}");
+    None
+}

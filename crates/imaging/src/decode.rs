@@ -546,7 +546,7 @@ mod tests {
     /// A greyscale JPEG with a short APP14 segment: zune-jpeg refuses its header, so only
     /// jpeg-decoder reads it, and only its decoded result says it is greyscale.
     fn grey_jpeg_with_short_app14() -> Vec<u8> {
-        let img = crate::synth::photo(3, "Spain", 40.0, 64, 48);
+        let img = crate::synth::photo(3, 40.0, -3.7, 64, 48);
         let grey = image::DynamicImage::ImageRgb8(img).into_luma8();
         let mut out = Vec::new();
         image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
