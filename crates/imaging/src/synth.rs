@@ -181,7 +181,7 @@ pub fn photo(seed: u64, lat: f64, lon: f64, width: u32, height: u32) -> RgbImage
         let cx = r.range(0, w - 1);
         let cy = r.range(horizon as i32, h - 1);
         let size = r.range(h / 20, h / 7).max(2);
-        let tree = r.next() % 2 == 0;
+        let tree = r.next().is_multiple_of(2);
         let colour = if tree {
             [40.0 + 30.0 * r.sym(), 100.0 + 30.0 * r.sym(), 40.0]
         } else {
