@@ -201,7 +201,10 @@ fn the_papers_pipeline_is_valid_and_says_what_it_lacks() {
     let out = stdout(&geoloc(&["status", &pipe], t.path(), &[], true));
     assert!(out.contains("0 of 15 instances fresh"), "{out}");
     assert_eq!(out.matches("missing: ").count(), 15, "{out}");
-    assert!(out.contains("ingest             ingest      missing: never run"), "{out}");
+    assert!(
+        out.contains("ingest             ingest      missing: never run"),
+        "{out}"
+    );
     for kind in ["ingest", "preprocess", "featurize", "train", "evaluate"] {
         assert!(out.contains(kind), "{out}");
     }

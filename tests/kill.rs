@@ -4,8 +4,9 @@
 
 mod support;
 
-use geoloc_core::dataset::{Dataset, Manifest};
+use geoloc_core::dataset::Dataset;
 use geoloc_core::schema;
+use serde_json::{json, Value};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -13,15 +14,16 @@ use support::{geoloc, metadata_project};
 
 /// Runs `geoloc run PIPE --only INSTANCE` into `killed-<delay>/` and kills it after each
 /// delay; then checks: the output is refused (and `status` says the instance is missing) or
-/// whole; a rerun commits the same rows and column checksums as `reference`; no temporary
-/// files remain. `prepare` readies each runs dir (the instance's committed inputs).
-/// Returns the delays at which a reader refused the killed output.
+/// whole; a rerun commits what `reference` holds (`open` reads an output's result: rows and
+/// column checksums of a dataset, the files of a model but its timings); no temporary files
+/// remain. `prepare` readies each runs dir (the instance's committed inputs). Returns the
+/// delays at which a reader refused the killed output.
 fn kill_then_rerun(
     root: &Path,
     instance: &str,
     delays: &[u64],
-    reference: &Manifest,
-    open: impl Fn(&Path) -> Result<Dataset, String>,
+    reference: &Value,
+    open: impl Fn(&Path) -> Result<Value, String>,
     prepare: impl Fn(&Path),
 ) -> Vec<u64> {
     let pipe = "pipelines/demo.toml";
@@ -51,10 +53,7 @@ fn kill_then_rerun(
         let dir = out.join(instance);
         match open(&dir) {
             // Killed after the commit: then it must be whole.
-            Ok(ds) => {
-                ds.verify().unwrap();
-                assert_eq!(ds.manifest.columns, reference.columns);
-            }
+            Ok(result) => assert_eq!(&result, reference, "killed after its commit"),
             Err(e) => {
                 refused.push(delay_ms);
                 assert!(
@@ -87,13 +86,8 @@ fn kill_then_rerun(
             &[],
             true,
         );
-        let ds = open(&dir).unwrap();
-        ds.verify().unwrap();
-        assert_eq!(ds.manifest.rows, reference.rows);
-        assert_eq!(
-            ds.manifest.columns, reference.columns,
-            "same rows, bit-identical values"
-        );
+        let result = open(&dir).unwrap();
+        assert_eq!(&result, reference, "same rows, bit-identical values");
         let leftovers: Vec<String> = std::fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -111,6 +105,25 @@ fn kill_then_rerun(
     );
     assert!(refused.len() >= 2, "no kill landed mid-run: {refused:?}");
     refused
+}
+
+/// A dataset's result: verified, its rows and column checksums.
+fn dataset_result(ds: Result<Dataset, String>) -> Result<Value, String> {
+    let ds = ds?;
+    ds.verify().map_err(|e| e.to_string())?;
+    Ok(json!({"rows": ds.manifest.rows, "columns": ds.manifest.columns}))
+}
+
+/// A model directory's result: its fingerprint and its files' checksums, but the history's
+/// (it records seconds per epoch).
+fn model_result(dir: &Path) -> Result<Value, String> {
+    let m = geoloc_train::open(dir).map_err(|e| e.to_string())?;
+    let mut files = m.info.metadata["files"].clone();
+    files
+        .as_object_mut()
+        .ok_or("no files")?
+        .remove("history.parquet");
+    Ok(json!({"fingerprint": m.info.fingerprint, "files": files}))
 }
 
 fn run_reference(root: &Path, instance: &str) {
@@ -134,15 +147,10 @@ fn killed_ingest_is_refused_then_rerun_equals_an_uninterrupted_run() {
     let p = metadata_project(60_000);
     let root = p.path();
     run_reference(root, "ingest");
-    let reference = Dataset::open(&root.join("reference/ingest"), &schema::samples()).unwrap();
-    kill_then_rerun(
-        root,
-        "ingest",
-        &[0, 20, 60, 150],
-        &reference.manifest,
-        |d| Dataset::open(d, &schema::samples()).map_err(|e| e.to_string()),
-        |_| {},
-    );
+    let open =
+        |d: &Path| dataset_result(Dataset::open(d, &schema::samples()).map_err(|e| e.to_string()));
+    let reference = open(&root.join("reference/ingest")).unwrap();
+    kill_then_rerun(root, "ingest", &[0, 20, 60, 150], &reference, open, |_| {});
 }
 
 #[test]
@@ -151,13 +159,45 @@ fn killed_preprocess_is_refused_then_rerun_equals_an_uninterrupted_run() {
     let root = p.path();
     run_reference(root, "ingest");
     run_reference(root, "crop224");
-    let reference = geoloc_preprocess::open(&root.join("reference/crop224")).unwrap();
+    let open = |d: &Path| dataset_result(geoloc_preprocess::open(d).map_err(|e| e.to_string()));
+    let reference = open(&root.join("reference/crop224")).unwrap();
     kill_then_rerun(
         root,
         "crop224",
         &[0, 150, 400, 900],
-        &reference.manifest,
-        |d| geoloc_preprocess::open(d).map_err(|e| e.to_string()),
+        &reference,
+        open,
         |out| support::copy_dir(&root.join("reference/ingest"), &out.join("ingest")),
+    );
+}
+
+/// featurize (HOG) and train (the linear SVM on it) killed at several moments: refused until
+/// committed, and a rerun (featurize keeping closed parts, train resuming its checkpoint)
+/// equals the uninterrupted run.
+#[test]
+fn killed_featurize_and_train_are_refused_then_rerun_equals_an_uninterrupted_run() {
+    let p = support::demo_project(800);
+    let root = p.path();
+    for i in ["ingest", "squash150x90", "hog", "hog_svm"] {
+        run_reference(root, i);
+    }
+    let copy = |out: &Path, insts: &[&str]| {
+        for i in insts {
+            support::copy_dir(&root.join("reference").join(i), &out.join(i));
+        }
+    };
+    let open = |d: &Path| dataset_result(geoloc_featurize::open(d).map_err(|e| e.to_string()));
+    let reference = open(&root.join("reference/hog")).unwrap();
+    kill_then_rerun(root, "hog", &[0, 300, 700, 1500], &reference, open, |out| {
+        copy(out, &["ingest", "squash150x90"])
+    });
+    let reference = model_result(&root.join("reference/hog_svm")).unwrap();
+    kill_then_rerun(
+        root,
+        "hog_svm",
+        &[0, 400, 1200, 2500],
+        &reference,
+        model_result,
+        |out| copy(out, &["ingest", "squash150x90", "hog"]),
     );
 }

@@ -3,6 +3,7 @@
 //!
 //! Architecture invariant: this is the only crate that depends on stage crates.
 
+pub mod cluster;
 pub mod demo;
 pub mod predict;
 pub mod runner;

@@ -76,6 +76,12 @@ enum Cmd {
     /// backbone the model names and the head, and writes top-k countries with
     /// probabilities and a location per photo.
     Predict(PredictArgs),
+    /// Write a Slurm submission for a pipeline: one sbatch script per job (job arrays for
+    /// sharded stages, a finalize job each, afterok chains), submit.sh; optionally submit
+    /// it and follow the jobs.
+    Slurm(SlurmArgs),
+    /// Write Kubernetes Indexed Job manifests for a pipeline (and apply.sh).
+    K8s(K8sArgs),
     /// Commit a sharded instance once all its shards have run (writes _manifest.json).
     Finalize {
         pipeline: PathBuf,
@@ -202,6 +208,90 @@ struct TrainArgs {
     /// Write a checkpoint every N epochs.
     #[arg(long)]
     checkpoint_every: Option<usize>,
+    /// Stop after the first epoch past this many seconds, with a checkpoint, exit status 75
+    /// (a job under a time limit requeues itself; the rerun continues).
+    #[arg(long)]
+    max_seconds: Option<f64>,
+}
+
+/// What `slurm` and `k8s` share.
+#[derive(Args)]
+struct ClusterArgs {
+    /// The pipeline file.
+    pipeline: PathBuf,
+    /// Tasks per sharded instance (preprocess, featurize).
+    #[arg(long, default_value_t = 4)]
+    shards: u32,
+    /// At most this many tasks of one instance at a time (Slurm `%K`, Kubernetes
+    /// parallelism).
+    #[arg(long)]
+    max_parallel: Option<u32>,
+    /// GPUs per task for featurize and train (then run with --device cuda: a CUDA build).
+    #[arg(long, default_value_t = 0)]
+    gpus_per_task: u32,
+    #[arg(long)]
+    cpus_per_task: Option<u32>,
+    /// Memory per job (e.g. 16G).
+    #[arg(long)]
+    mem: Option<String>,
+    /// Include fresh instances too.
+    #[arg(long)]
+    force: bool,
+    /// The instances' outputs go here instead of the pipeline's runs_dir.
+    #[arg(long)]
+    runs_dir: Option<PathBuf>,
+    /// Where to write the submission (default: <runs_dir>/_slurm or _k8s).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// The geoloc binary the jobs run (default: this one).
+    #[arg(long)]
+    binary: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct SlurmArgs {
+    #[command(flatten)]
+    c: ClusterArgs,
+    #[arg(long)]
+    partition: Option<String>,
+    #[arg(long)]
+    account: Option<String>,
+    /// Time limit per job (Slurm formats). Train jobs stop before it with a checkpoint and
+    /// requeue themselves until done.
+    #[arg(long)]
+    time: Option<String>,
+    /// Another #SBATCH option for every job (e.g. --sbatch-arg=--qos=long). Repeatable.
+    #[arg(long = "sbatch-arg", allow_hyphen_values = true)]
+    sbatch_arg: Vec<String>,
+    /// Submit it (runs submit.sh) and print the job ids.
+    #[arg(long)]
+    submit: bool,
+    /// With --submit: follow the jobs until they end; fail naming each failed shard and
+    /// its log.
+    #[arg(long, requires = "submit")]
+    wait: bool,
+    /// With --wait: give up after this many seconds.
+    #[arg(long, default_value_t = 86_400)]
+    wait_timeout: u64,
+}
+
+#[derive(Args)]
+struct K8sArgs {
+    #[command(flatten)]
+    c: ClusterArgs,
+    /// The container image holding the geoloc binary.
+    #[arg(long)]
+    image: String,
+    #[arg(long)]
+    namespace: Option<String>,
+    /// A PersistentVolumeClaim holding the project, mounted at --mount.
+    #[arg(long)]
+    pvc: Option<String>,
+    #[arg(long, default_value = "/work")]
+    mount: String,
+    /// The project's directory inside the container (default: --mount).
+    #[arg(long)]
+    workdir: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -247,6 +337,9 @@ impl TrainArgs {
         }
         if let Some(n) = self.checkpoint_every {
             t.insert("checkpoint_every".into(), (n as i64).into());
+        }
+        if let Some(s) = self.max_seconds {
+            t.insert("max_seconds".into(), s.into());
         }
         t
     }
@@ -315,6 +408,12 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
+            if matches!(
+                e.downcast_ref::<geoloc_train::Error>(),
+                Some(geoloc_train::Error::OutOfTime { .. })
+            ) {
+                return ExitCode::from(geoloc_cli::cluster::EXIT_OUT_OF_TIME);
+            }
             ExitCode::FAILURE
         }
     }
@@ -363,6 +462,8 @@ fn real_main(cli: Cli) -> Result<()> {
         }
         Cmd::Evaluate(a) => stage_cmd(geoloc_evaluate::KIND, a, toml::Table::new(), progress)?,
         Cmd::Predict(a) => predict_cmd(a)?,
+        Cmd::Slurm(a) => slurm_cmd(a)?,
+        Cmd::K8s(a) => k8s_cmd(a)?,
         Cmd::Finalize {
             pipeline,
             instance,
@@ -440,6 +541,108 @@ fn real_main(cli: Cli) -> Result<()> {
         } => preprocess_raw(&dir, reps, !no_dct_scaling)?,
     }
     Ok(())
+}
+
+fn job_options(c: &ClusterArgs) -> Result<geoloc_cli::cluster::JobOptions> {
+    let binary = match &c.binary {
+        Some(b) => std::path::absolute(b)?,
+        None => std::env::current_exe().context("locating the geoloc binary")?,
+    };
+    Ok(geoloc_cli::cluster::JobOptions {
+        shards: c.shards,
+        max_parallel: c.max_parallel,
+        gpus_per_task: c.gpus_per_task,
+        cpus_per_task: c.cpus_per_task,
+        mem: c.mem.clone(),
+        binary,
+    })
+}
+
+fn submission_dir(c: &ClusterArgs, sub: &str) -> Result<PathBuf> {
+    Ok(match &c.out {
+        Some(o) => o.clone(),
+        None => Runner::load(&c.pipeline, c.runs_dir.clone())?
+            .pipeline
+            .runs_dir
+            .join(sub),
+    })
+}
+
+fn slurm_cmd(a: SlurmArgs) -> Result<()> {
+    use geoloc_cli::cluster;
+    let plan = cluster::plan(&a.c.pipeline, a.c.runs_dir.clone(), a.c.force)?;
+    let dir = submission_dir(&a.c, "_slurm")?;
+    if plan.instances.is_empty() {
+        println!("every instance is fresh: nothing to submit (--force submits all)");
+        return Ok(());
+    }
+    let opts = job_options(&a.c)?;
+    let s = cluster::SlurmOptions {
+        partition: a.partition,
+        account: a.account,
+        time: a.time,
+        extra: a.sbatch_arg,
+    };
+    let n = cluster::write_slurm(&plan, &opts, &s, &dir)?;
+    println!(
+        "wrote {n} job scripts for {} instances to {} (submit with {})",
+        plan.instances.len(),
+        dir.display(),
+        dir.join("submit.sh").display()
+    );
+    if !a.submit {
+        return Ok(());
+    }
+    let jobs = cluster::submit(&dir)?;
+    for j in &jobs {
+        println!("submitted {} {}: job {}", j.instance, j.role, j.id);
+    }
+    if a.wait {
+        let outcomes = cluster::wait(&jobs, std::time::Duration::from_secs(a.wait_timeout))?;
+        println!("all {} jobs completed", outcomes.len());
+    }
+    Ok(())
+}
+
+fn k8s_cmd(a: K8sArgs) -> Result<()> {
+    use geoloc_cli::cluster;
+    let mut plan = cluster::plan(&a.c.pipeline, a.c.runs_dir.clone(), a.c.force)?;
+    // Inside the container the project is at the mount (or --workdir), not here.
+    plan.workdir = a.workdir.clone().unwrap_or_else(|| PathBuf::from(&a.mount));
+    let here = std::env::current_dir()?;
+    plan.pipeline_file = rebase(&plan.pipeline_file, &here, &plan.workdir);
+    plan.runs_dir = plan
+        .runs_dir
+        .as_deref()
+        .map(|r| rebase(r, &here, &plan.workdir));
+    let dir = submission_dir(&a.c, "_k8s")?;
+    if plan.instances.is_empty() {
+        println!("every instance is fresh: nothing to write (--force writes all)");
+        return Ok(());
+    }
+    let opts = job_options(&a.c)?;
+    let k = cluster::K8sOptions {
+        image: a.image,
+        namespace: a.namespace,
+        pvc: a.pvc,
+        mount: a.mount,
+    };
+    let n = cluster::write_k8s(&plan, &opts, &k, &dir)?;
+    println!(
+        "wrote {n} Job manifests for {} instances to {} (apply with {})",
+        plan.instances.len(),
+        dir.display(),
+        dir.join("apply.sh").display()
+    );
+    Ok(())
+}
+
+/// `p` under `from` moved under `to` (a path here, as the container sees it).
+fn rebase(p: &std::path::Path, from: &std::path::Path, to: &std::path::Path) -> PathBuf {
+    match p.strip_prefix(from) {
+        Ok(rel) => to.join(rel),
+        Err(_) => p.to_owned(),
+    }
 }
 
 fn predict_cmd(a: PredictArgs) -> Result<()> {

@@ -251,6 +251,7 @@ impl Runner {
     /// Runs one shard of one instance (no finalize). Returns the stage's summary line.
     pub fn run_instance(&self, name: &str, shard: Shard) -> Result<String> {
         let (decl, stage) = self.stage(name)?;
+        fault_drill(name, shard)?;
         let inputs = match self.input_manifests(name)? {
             Ok(m) => m,
             Err(i) => bail!("instance `{name}` reads `{i}`, which has no committed output"),
@@ -273,4 +274,22 @@ impl Runner {
             .finalize(decl, &ctx, &inputs, shards)
             .with_context(|| format!("finalizing `{name}`"))
     }
+}
+
+/// Failure drills: `GEOLOC_FAULT=INSTANCE` (every shard) or `GEOLOC_FAULT=INSTANCE:INDEX`
+/// makes that shard fail before it does any work, so operators (and the cluster tests) can
+/// see what a failed shard does to a submission: its dependants cancelled, the failure named
+/// with its log, a resubmission finishing the rest.
+fn fault_drill(name: &str, shard: Shard) -> Result<()> {
+    let Ok(v) = std::env::var("GEOLOC_FAULT") else {
+        return Ok(());
+    };
+    let (inst, index) = match v.split_once(':') {
+        Some((i, n)) => (i, n.parse::<u32>().ok()),
+        None => (v.as_str(), None),
+    };
+    if inst == name && index.is_none_or(|i| i == shard.index) {
+        bail!("GEOLOC_FAULT={v}: shard {shard} of `{name}` fails on purpose (a failure drill)");
+    }
+    Ok(())
 }

@@ -27,6 +27,15 @@ pub trait Stage {
     ) -> Result<Manifest>;
     /// Checks a committed output opens (parts present, sizes right).
     fn check_output(&self, dir: &Path) -> Result<()>;
+    /// Whether the kind splits its work across `--shard i/N` processes (then a finalize
+    /// commits it); otherwise one process does it all.
+    fn sharded(&self) -> bool {
+        false
+    }
+    /// Whether the kind can use a GPU (`--device cuda`).
+    fn uses_gpu(&self) -> bool {
+        false
+    }
 }
 
 /// The stage for a kind name.
@@ -110,7 +119,7 @@ fn single_input<'a>(decl: &StageDecl, inputs: &'a [Input]) -> Result<&'a Input> 
 /// The `Stage` impl of a stage crate that reads exactly one input and has the usual face
 /// (`Config`, `FORMAT_VERSION`, `fingerprint`, `run`, `finalize`, `open`).
 macro_rules! single_input_stage {
-    ($name:ident, $krate:ident, $what:literal) => {
+    ($name:ident, $krate:ident, $what:literal, gpu = $gpu:literal) => {
         struct $name;
 
         impl Stage for $name {
@@ -154,17 +163,23 @@ macro_rules! single_input_stage {
                 $krate::open(dir).context($what)?;
                 Ok(())
             }
+            fn sharded(&self) -> bool {
+                true
+            }
+            fn uses_gpu(&self) -> bool {
+                $gpu
+            }
         }
     };
 }
 
-single_input_stage!(Preprocess, geoloc_preprocess, "images dataset");
-single_input_stage!(Featurize, geoloc_featurize, "features dataset");
+single_input_stage!(Preprocess, geoloc_preprocess, "images dataset", gpu = false);
+single_input_stage!(Featurize, geoloc_featurize, "features dataset", gpu = true);
 
 /// The `Stage` impl of a stage crate that reads several inputs (train: features or images
 /// and samples; evaluate: samples, models and what they read) with the usual face.
 macro_rules! multi_input_stage {
-    ($name:ident, $krate:ident, $what:literal) => {
+    ($name:ident, $krate:ident, $what:literal, gpu = $gpu:literal) => {
         struct $name;
 
         impl Stage for $name {
@@ -202,9 +217,17 @@ macro_rules! multi_input_stage {
                 $krate::open(dir).context($what)?;
                 Ok(())
             }
+            fn uses_gpu(&self) -> bool {
+                $gpu
+            }
         }
     };
 }
 
-multi_input_stage!(Train, geoloc_train, "model directory");
-multi_input_stage!(Evaluate, geoloc_evaluate, "evaluation directory");
+multi_input_stage!(Train, geoloc_train, "model directory", gpu = true);
+multi_input_stage!(
+    Evaluate,
+    geoloc_evaluate,
+    "evaluation directory",
+    gpu = false
+);

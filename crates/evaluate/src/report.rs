@@ -332,12 +332,18 @@ fn summary_lines(m: &Metrics) -> Vec<String> {
         format!("Distances: {} (km).", m.distance),
     ];
     for r in &m.models {
+        let task = serde_json::to_value(r.task)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default();
         let mut s = format!(
-            "`{}`: {} head, task {:?}, on `{}`",
-            r.name, r.head, r.task, r.input
+            "`{}`: {} head, task {task}, on `{}`",
+            r.name, r.head, r.input
         );
-        if r.missing_photos > 0 {
-            s += &format!(" ({} test photos had no input row)", r.missing_photos);
+        match r.missing_photos {
+            0 => {}
+            1 => s += " (1 test photo had no input row: rejected upstream)",
+            n => s += &format!(" ({n} test photos had no input row: rejected upstream)"),
         }
         v.push(s + ".");
     }

@@ -121,6 +121,11 @@ pub struct Config {
     /// taken up without it too.
     #[serde(default)]
     pub resume: bool,
+    /// Stop after the first epoch that ends past this many seconds of training, with a
+    /// checkpoint, and return [`Error::OutOfTime`]: a batch job under a time limit
+    /// (`geoloc train --max-seconds`) requeues itself and the rerun continues.
+    #[serde(default)]
+    pub max_seconds: Option<f64>,
 }
 
 /// A config with every default filled in for its head and task.
@@ -222,6 +227,7 @@ impl Config {
             checkpoint_every: None,
             memory_mb: None,
             resume: false,
+            max_seconds: None,
             ..self.clone()
         }
     }
@@ -240,6 +246,12 @@ pub enum Error {
     Config(String),
     #[error("train data: {0}")]
     Data(String),
+    /// The time budget (`max_seconds`) ran out: a checkpoint of `epoch` is written; rerun to
+    /// continue.
+    #[error(
+        "time budget spent after epoch {epoch} of {epochs}: checkpoint written, rerun to continue"
+    )]
+    OutOfTime { epoch: usize, epochs: usize },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -1050,7 +1062,12 @@ pub fn run(cfg: &Config, ctx: &Context, ins: &[Input]) -> Result<Summary, Error>
         } else {
             since_best += 1;
         }
-        if epoch % every == 0 || epoch == s.r.epochs || stopped_early(since_best) {
+        let out_of_time = cfg
+            .max_seconds
+            .is_some_and(|m| t0.elapsed().as_secs_f64() > m)
+            && epoch < s.r.epochs
+            && !stopped_early(since_best);
+        if epoch % every == 0 || epoch == s.r.epochs || stopped_early(since_best) || out_of_time {
             write_checkpoint(
                 dir,
                 trainer.as_ref(),
@@ -1067,6 +1084,13 @@ pub fn run(cfg: &Config, ctx: &Context, ins: &[Input]) -> Result<Summary, Error>
                     weights_blake3: String::new(),
                 },
             )?;
+        }
+        if out_of_time {
+            bar.finish_and_clear();
+            return Err(Error::OutOfTime {
+                epoch,
+                epochs: s.r.epochs,
+            });
         }
     }
     bar.finish_and_clear();

@@ -494,3 +494,42 @@ fn early_stop_ends_a_run_that_stops_improving_and_keeps_the_best_epoch() {
         .sum();
     assert_eq!(rows, card.epochs_run + 1, "epoch 0 and every epoch run");
 }
+
+/// Under a time budget (`max_seconds`, a batch job's limit) training stops after an epoch
+/// with a checkpoint and says so ([`geoloc_train::Error::OutOfTime`]); rerun until done, it
+/// ends with the bytes of an uninterrupted run.
+#[test]
+fn a_time_budget_stops_with_a_checkpoint_and_reruns_finish_the_same_model() {
+    let t = tempfile::tempdir().unwrap();
+    let data = country_data(1500, 15);
+    let cfg = "head = 'mlp'\nhidden = 64\nepochs = 5\nbatch = 100\nseed = 2";
+    train_country(t.path(), &data, &config(cfg), "whole");
+    let s = samples(&t.path().join("samples"), &data.photos, &CLASSES);
+    let f = features(&t.path().join("features"), &data.rows);
+    // A budget of 0 s: every run ends after its first epoch.
+    let budget = config(&format!("{cfg}\nmax_seconds = 0.0"));
+    let ctx = context(&t.path().join("budget"));
+    let mut stops = Vec::new();
+    loop {
+        match run(&budget, &ctx, &[f.clone(), s.clone()]) {
+            Err(geoloc_train::Error::OutOfTime { epoch, epochs }) => {
+                assert_eq!(epochs, 5);
+                assert!(t.path().join("budget/checkpoint.json").exists());
+                stops.push(epoch);
+                assert!(stops.len() < 10, "no progress: {stops:?}");
+            }
+            Err(e) => panic!("{e}"),
+            Ok(summary) => {
+                assert_eq!(summary.resumed_at, 4);
+                break;
+            }
+        }
+    }
+    assert_eq!(stops, [1, 2, 3, 4]);
+    geoloc_train::finalize(&budget, &ctx, &[f, s], 1).unwrap();
+    let read = |d: &str| std::fs::read(t.path().join(d).join("model.safetensors")).unwrap();
+    assert_eq!(read("whole"), read("budget"));
+    // The budget is an execution setting: the same fingerprint, the same card.
+    let card = |d: &str| ModelCard::load(&t.path().join(d)).unwrap();
+    assert_eq!(card("whole").best, card("budget").best);
+}

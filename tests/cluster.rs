@@ -1,0 +1,396 @@
+//! Cluster submissions: the Slurm scripts and Kubernetes manifests `geoloc slurm` and
+//! `geoloc k8s` write, and (where a Slurm cluster answers: CI starts one with
+//! `.ci/slurm/start.sh`) the `tiny` demo run through `geoloc slurm --submit --wait` with 4
+//! shards, equal to a local run, then a failure drill and its resubmission.
+
+mod support;
+
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use support::{geoloc, stderr, stdout};
+
+/// A project with the demo pipeline and `rows` rows of demo data, no runs.
+fn fresh_project(rows: usize) -> tempfile::TempDir {
+    support::demo_project(rows)
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+#[test]
+fn slurm_scripts_shard_chain_and_requeue() {
+    let t = support::metadata_project(200);
+    let root = t.path();
+    let out = stdout(&geoloc(
+        &[
+            "slurm",
+            "pipelines/demo.toml",
+            "--shards",
+            "3",
+            "--max-parallel",
+            "2",
+            "--gpus-per-task",
+            "1",
+            "--partition",
+            "gpu",
+            "--account",
+            "geo",
+            "--time",
+            "2:00:00",
+            "--sbatch-arg=--qos=long",
+            "--out",
+            "sub",
+        ],
+        root,
+        &[],
+        true,
+    ));
+    assert!(out.contains("for 12 instances"), "{out}");
+    let sub = root.join("sub");
+    // Sharded kinds: an array and a finalize; the others one job each.
+    let crop = read(&sub.join("01-crop224.sbatch"));
+    assert!(crop.contains("#SBATCH --array=0-2%2"), "{crop}");
+    assert!(crop.contains("--no-finalize"), "{crop}");
+    assert!(!crop.contains("--gres"), "preprocess needs no GPU: {crop}");
+    for want in [
+        "#SBATCH --partition=gpu",
+        "#SBATCH --account=geo",
+        "#SBATCH --time=2:00:00",
+        "#SBATCH --qos=long",
+        "#SBATCH --kill-on-invalid-dep=yes",
+        "crop224-%A_%a.out",
+    ] {
+        assert!(crop.contains(want), "{want}: {crop}");
+    }
+    let fin = read(&sub.join("01-crop224.finalize.sbatch"));
+    assert!(
+        fin.contains("finalize") && fin.contains("--shards 3"),
+        "{fin}"
+    );
+    assert!(!fin.contains("--array"), "{fin}");
+    let lite0 = read(&sub.join("05-lite0.sbatch"));
+    assert!(
+        lite0.contains("#SBATCH --gres=gpu:1") && lite0.contains("--device cuda"),
+        "{lite0}"
+    );
+    // Train: the GPU, and under the time limit a budget, then requeue on exit 75.
+    let train = read(&sub.join("07-country.sbatch"));
+    assert!(train.contains("#SBATCH --gres=gpu:1") && train.contains("#SBATCH --requeue"));
+    assert!(
+        train.contains("--max-seconds 6600"),
+        "2 h less 10 min: {train}"
+    );
+    assert!(
+        train.contains("= 75 ]") && train.contains("scontrol requeue"),
+        "{train}"
+    );
+    assert!(!read(&sub.join("11-evaluate.sbatch")).contains("--gres"));
+    // submit.sh: each job after its inputs' last jobs (the finalize of a sharded one).
+    let submit = read(&sub.join("submit.sh"));
+    assert!(submit.contains("submit crop224 shards 01-crop224.sbatch \"${J[ingest]}\""));
+    assert!(submit.contains("submit crop224 finalize 01-crop224.finalize.sbatch \"$LAST\""));
+    assert!(
+        submit.contains("submit country run 07-country.sbatch \"${J[lite0]}\" \"${J[ingest]}\"")
+    );
+    assert!(submit.contains("--dependency=afterok:"));
+    // The scripts are valid shell.
+    for e in std::fs::read_dir(&sub).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "sbatch" || x == "sh") {
+            let st = std::process::Command::new("bash")
+                .arg("-n")
+                .arg(&p)
+                .status()
+                .unwrap();
+            assert!(st.success(), "{}", p.display());
+        }
+    }
+    // A time limit Slurm would not take is refused before anything is written.
+    let err = stderr(&geoloc(
+        &["slurm", "pipelines/demo.toml", "--time", "soon"],
+        root,
+        &[],
+        false,
+    ));
+    assert!(err.contains("not a Slurm time limit"), "{err}");
+}
+
+/// Kubernetes Indexed Jobs: every manifest parses and has the fields the Job API requires.
+#[test]
+fn k8s_manifests_are_indexed_jobs_the_api_accepts() {
+    let t = support::metadata_project(200);
+    let root = t.path();
+    let out = stdout(&geoloc(
+        &[
+            "k8s",
+            "pipelines/demo.toml",
+            "--shards",
+            "4",
+            "--max-parallel",
+            "2",
+            "--image",
+            "registry.example/geoloc:1",
+            "--namespace",
+            "geo",
+            "--pvc",
+            "geoloc-data",
+            "--gpus-per-task",
+            "1",
+            "--out",
+            "k8s",
+        ],
+        root,
+        &[],
+        true,
+    ));
+    assert!(out.contains("17 Job manifests for 12 instances"), "{out}");
+    let dir = root.join("k8s");
+    let mut names = Vec::new();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".job.json"))
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 17);
+    for f in &files {
+        let j: Value = serde_json::from_str(&read(f)).unwrap();
+        assert_eq!(j["apiVersion"], "batch/v1", "{}", f.display());
+        assert_eq!(j["kind"], "Job");
+        let name = j["metadata"]["name"].as_str().unwrap();
+        assert!(
+            name.len() <= 63
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !name.starts_with('-')
+                && !name.ends_with('-'),
+            "DNS-1123 label: {name}"
+        );
+        assert_eq!(j["metadata"]["namespace"], "geo");
+        let pod = &j["spec"]["template"]["spec"];
+        assert!(
+            ["Never", "OnFailure"].contains(&pod["restartPolicy"].as_str().unwrap()),
+            "a Job's pods must not restart Always"
+        );
+        let c = &pod["containers"][0];
+        assert!(c["name"].is_string());
+        assert_eq!(c["image"], "registry.example/geoloc:1");
+        let cmd: Vec<&str> = c["command"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(cmd[0], "geoloc");
+        assert!(cmd.contains(&"/work/pipelines/demo.toml"), "{cmd:?}");
+        assert_eq!(
+            pod["volumes"][0]["persistentVolumeClaim"]["claimName"],
+            "geoloc-data"
+        );
+        assert_eq!(c["volumeMounts"][0]["mountPath"], "/work");
+        let indexed = j["spec"]["completionMode"] == "Indexed";
+        let sharded_run = cmd.contains(&"--no-finalize");
+        assert_eq!(indexed, sharded_run, "{}", f.display());
+        if indexed {
+            assert_eq!(j["spec"]["completions"], 4);
+            assert_eq!(j["spec"]["parallelism"], 2);
+            // The shard count the binary pairs with JOB_COMPLETION_INDEX.
+            assert_eq!(c["env"][0]["name"], "GEOLOC_SHARD_COUNT");
+            assert_eq!(c["env"][0]["value"], "4");
+        }
+        let gpu = &c["resources"]["limits"]["nvidia.com/gpu"];
+        let wants_gpu =
+            (cmd.contains(&"featurize") || cmd.contains(&"train")) && !cmd.contains(&"finalize");
+        assert_eq!(gpu.as_u64() == Some(1), wants_gpu, "{}", f.display());
+        names.push(name.to_owned());
+    }
+    let apply = read(&dir.join("apply.sh"));
+    for n in &names {
+        assert!(
+            apply.contains(&format!("job/{n}")),
+            "apply.sh waits for {n}"
+        );
+    }
+    // Applied in dependency order: ingest before crop224 before lite0 before evaluate.
+    let pos = |s: &str| apply.find(s).unwrap();
+    assert!(pos("00-ingest") < pos("01-crop224") && pos("05-lite0") < pos("11-evaluate"));
+}
+
+/// The Slurm cluster the tests use, if one answers (`scontrol ping`).
+fn slurm() -> bool {
+    let up = std::process::Command::new("scontrol")
+        .arg("ping")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("is UP"));
+    if up {
+        return true;
+    }
+    let msg = "no Slurm cluster answers `scontrol ping` (start one: sudo .ci/slurm/start.sh, then \
+               source /tmp/geoloc-slurm/env.sh)";
+    if std::env::var("GEOLOC_REQUIRE_SHARED").is_ok_and(|v| v == "1") {
+        panic!("{msg}, and GEOLOC_REQUIRE_SHARED=1 requires it");
+    }
+    eprintln!("SKIP: {msg}");
+    false
+}
+
+/// A run's results without timings: per instance, what a rerun must reproduce. (Not the
+/// fingerprints: ingest's and preprocess's cover their source files' modification times,
+/// which differ between two projects generated with the same bytes.)
+fn results(runs: &Path) -> BTreeMap<String, Value> {
+    let mut out = BTreeMap::new();
+    for e in std::fs::read_dir(runs).unwrap() {
+        let dir = e.unwrap().path();
+        let Ok(m) = geoloc_core::dataset::Manifest::load(&dir) else {
+            continue;
+        };
+        let mut v = serde_json::json!({
+            "rows": m.rows,
+            "rejects": m.rejects,
+            "columns": m.columns,
+            "config": m.info.config,
+        });
+        // Artifacts: every file but those holding timings (history: seconds per epoch); the
+        // model card but the fingerprint of its input (which covers source times, above).
+        if let Some(files) = m.info.metadata.get("files").and_then(|f| f.as_object()) {
+            let kept: BTreeMap<&String, &Value> = files
+                .iter()
+                .filter(|(k, _)| !k.ends_with("history.parquet") && *k != "model.json")
+                .map(|(k, f)| (k, &f["blake3"]))
+                .collect();
+            v["files"] = serde_json::to_value(kept).unwrap();
+            if files.contains_key("model.json") {
+                let mut card: Value = serde_json::from_str(&read(&dir.join("model.json"))).unwrap();
+                card["input_fingerprint"] = Value::Null;
+                v["card"] = card;
+            }
+        }
+        out.insert(dir.file_name().unwrap().to_string_lossy().into_owned(), v);
+    }
+    out
+}
+
+#[test]
+fn the_tiny_demo_through_slurm_equals_a_local_run_and_recovers_from_a_failed_shard() {
+    let Some(local) = support::shared_tiny_demo() else {
+        return;
+    };
+    if !slurm() {
+        return;
+    }
+    let t = fresh_project(support::TINY_ROWS);
+    let root = t.path();
+    let t0 = std::time::Instant::now();
+    let o = geoloc(
+        &[
+            "slurm",
+            "pipelines/demo.toml",
+            "--shards",
+            "4",
+            "--submit",
+            "--wait",
+        ],
+        root,
+        &[],
+        true,
+    );
+    let out = stdout(&o);
+    assert!(out.contains("submitted lite0 shards"), "{out}");
+    assert!(out.contains("all 32 jobs completed"), "{out}");
+    eprintln!(
+        "tiny demo through Slurm: {:.1}s",
+        t0.elapsed().as_secs_f64()
+    );
+    // Every instance: the same rows, column checksums, configs, model and metrics bytes as
+    // the local run; the sharded datasets have 4 shards' parts.
+    let (a, b) = (
+        results(&root.join("runs/demo")),
+        results(&local.join("runs/demo")),
+    );
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    for (k, v) in &a {
+        assert_eq!(v, &b[k], "{k} differs from the local run");
+    }
+    let m = geoloc_core::dataset::Manifest::load(&root.join("runs/demo/lite0")).unwrap();
+    assert_eq!(m.shards, 4);
+    let out = stdout(&geoloc(&["slurm", "pipelines/demo.toml"], root, &[], true));
+    assert!(out.contains("every instance is fresh"), "{out}");
+
+    // A failure drill: shard 2 of lite0 fails. Its finalize and everything downstream of
+    // it are cancelled; the failure is named with its shard and log.
+    let t2 = fresh_project(support::TINY_ROWS);
+    let root = t2.path();
+    let o = geoloc(
+        &[
+            "slurm",
+            "pipelines/demo.toml",
+            "--shards",
+            "4",
+            "--submit",
+            "--wait",
+        ],
+        root,
+        &[("GEOLOC_FAULT", "lite0:2")],
+        false,
+    );
+    let err = stderr(&o);
+    assert!(err.contains("`lite0` shard 2"), "{err}");
+    assert!(err.contains("FAILED exit 1:0"), "{err}");
+    assert!(
+        err.contains("logs/lite0-") && err.contains("fails on purpose"),
+        "{err}"
+    );
+    assert!(
+        err.contains("`lite0` finalize") && err.contains("cancelled because"),
+        "{err}"
+    );
+    for downstream in ["country", "latlon", "geocells", "evaluate"] {
+        assert!(
+            err.contains(&format!("`{downstream}` (job")),
+            "{downstream}: {err}"
+        );
+        assert!(!root
+            .join("runs/demo")
+            .join(downstream)
+            .join("_manifest.json")
+            .exists());
+    }
+    // What did not depend on lite0 completed.
+    assert!(root.join("runs/demo/hog_svm/_manifest.json").exists());
+    // The resubmission plans only what is not fresh, and finishes it: equal to local.
+    let o = geoloc(
+        &[
+            "slurm",
+            "pipelines/demo.toml",
+            "--shards",
+            "4",
+            "--submit",
+            "--wait",
+        ],
+        root,
+        &[],
+        true,
+    );
+    let out = stdout(&o);
+    assert!(
+        out.contains("for 5 instances"),
+        "lite0 and its four dependants: {out}"
+    );
+    assert!(!out.contains("submitted hog_svm"), "{out}");
+    let a = results(&root.join("runs/demo"));
+    for (k, v) in &a {
+        assert_eq!(
+            v, &b[k],
+            "{k} differs from the local run after the resubmission"
+        );
+    }
+    // The resubmitted lite0 kept the parts the surviving shards had closed.
+    let logs = std::fs::read_dir(root.join("runs/demo/_slurm/logs")).unwrap();
+    let kept = logs
+        .filter_map(|e| std::fs::read_to_string(e.unwrap().path()).ok())
+        .any(|t| t.contains("(0 computed, "));
+    assert!(kept, "a resubmitted lite0 shard reused its closed parts");
+}
