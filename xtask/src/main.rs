@@ -66,8 +66,8 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(task) = args.first() else {
         eprintln!(
-            "usage: cargo xtask <demo|fetch-lite0|run|status|bench-ingest|bench-preprocess|\
-             bench-featurize|bench-train> ..."
+            "usage: cargo xtask <demo|fetch-lite0|run|status|slurm|k8s|bench-ingest|\
+             bench-preprocess|bench-featurize|bench-train> ..."
         );
         std::process::exit(2);
     };
@@ -77,15 +77,15 @@ fn main() -> Result<()> {
         "fetch-lite0" => fetch_lite0().map(|p| eprintln!("Lite0 checkpoint: {}", p.display())),
         "bench-featurize" => bench_featurize(rest),
         "bench-train" => bench_train(rest),
-        "run" | "status" => {
+        "run" | "status" | "slurm" | "k8s" => {
             let bin = geoloc()?;
             sh(Command::new(bin).current_dir(root()).arg(task).args(rest))
         }
         "bench-ingest" => bench_ingest(rest),
         "bench-preprocess" => bench_preprocess(rest),
         other => bail!(
-            "unknown task {other:?}: demo, fetch-lite0, run, status, bench-ingest, \
-             bench-preprocess, bench-featurize, bench-train"
+            "unknown task {other:?}: demo, fetch-lite0, run, status, slurm, k8s, \
+             bench-ingest, bench-preprocess, bench-featurize, bench-train"
         ),
     }
 }
