@@ -78,6 +78,7 @@ fn slurm_scripts_shard_chain_and_requeue() {
     // Train: the GPU, and under the time limit a budget, then requeue on exit 75.
     let train = read(&sub.join("07-country.sbatch"));
     assert!(train.contains("#SBATCH --gres=gpu:1") && train.contains("#SBATCH --requeue"));
+    assert!(train.contains("#SBATCH --open-mode=append"), "{train}");
     assert!(
         train.contains("--max-seconds 6600"),
         "2 h less 10 min: {train}"
@@ -393,4 +394,63 @@ fn the_tiny_demo_through_slurm_equals_a_local_run_and_recovers_from_a_failed_sha
         .filter_map(|e| std::fs::read_to_string(e.unwrap().path()).ok())
         .any(|t| t.contains("(0 computed, "));
     assert!(kept, "a resubmitted lite0 shard reused its closed parts");
+}
+
+/// Under a Slurm time limit a train job trains for its budget, checkpoints, requeues itself
+/// (same job id: the evaluate job waiting on it keeps waiting) and resumes until done.
+#[test]
+fn a_train_job_under_a_time_limit_requeues_itself_until_done() {
+    let Some(local) = support::shared_tiny_demo() else {
+        return;
+    };
+    if !slurm() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path();
+    support::copy_tree(&local, root);
+    // Six epochs of the small CNN take longer than the 20 s a 40 s limit leaves.
+    let pipe = root.join("pipelines/demo.toml");
+    let text = read(&pipe);
+    let old = "head = \"small-cnn\"\nepochs = 2";
+    assert!(text.contains(old));
+    std::fs::write(&pipe, text.replace(old, "head = \"small-cnn\"\nepochs = 6")).unwrap();
+    let o = geoloc(
+        &[
+            "slurm",
+            "pipelines/demo.toml",
+            "--time",
+            "0:40",
+            "--submit",
+            "--wait",
+        ],
+        root,
+        &[],
+        true,
+    );
+    let out = stdout(&o);
+    assert!(
+        out.contains("for 2 instances"),
+        "small_cnn and evaluate: {out}"
+    );
+    assert!(out.contains("all 2 jobs completed"), "{out}");
+    let logs: Vec<String> = std::fs::read_dir(root.join("runs/demo/_slurm/logs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("small_cnn-")
+        })
+        .map(|p| read(&p))
+        .collect();
+    assert_eq!(logs.len(), 1, "one job id across its runs");
+    let log = &logs[0];
+    assert!(log.contains("time budget spent after epoch"), "{log}");
+    assert!(log.contains("requeueing job"), "{log}");
+    assert!(log.contains("(resumed at "), "{log}");
+    let card = geoloc_models::card::ModelCard::load(&root.join("runs/demo/small_cnn")).unwrap();
+    assert_eq!(card.epochs_run, 6);
+    geoloc_evaluate::open(&root.join("runs/demo/evaluate")).unwrap();
 }

@@ -240,7 +240,9 @@ fn sbatch_script(
     }
     let train_requeue = p.kind == geoloc_train::KIND && s.time.is_some();
     if train_requeue {
+        // Requeued runs append to the same log.
         h("--requeue".into());
+        h("--open-mode=append".into());
     }
     for e in &s.extra {
         h(e.clone());

@@ -919,6 +919,18 @@ fn stray_parts(
     Ok(stray)
 }
 
+/// One row of a samples dataset as [`Dataset::for_each_sample`] gives it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SampleRow<'a> {
+    pub id: &'a str,
+    /// `(lat, lon)` when the row has both.
+    pub coords: Option<(f64, f64)>,
+    /// `train`, `val` or `test`.
+    pub split: &'a str,
+    /// Index in the manifest's class list.
+    pub label: Option<i32>,
+}
+
 /// A committed dataset, opened for reading.
 #[derive(Debug, Clone)]
 pub struct Dataset {
@@ -1058,6 +1070,35 @@ impl Dataset {
             }
         }
         Ok(())
+    }
+
+    /// The rows of a samples dataset ([`schema::samples`]) one by one, as the columns the
+    /// stages downstream of ingest read (train, evaluate): id, coordinates, split, label.
+    pub fn for_each_sample(&self, mut f: impl FnMut(SampleRow<'_>)) -> Result<()> {
+        if self.manifest.schema != "samples" {
+            return Err(Error::Config(format!(
+                "{} holds a {} dataset, not samples",
+                self.dir.display(),
+                self.manifest.schema
+            )));
+        }
+        self.for_each_batch(|b| {
+            let id = b.column(0).as_string::<i32>();
+            let lat = b.column(2).as_primitive::<Float64Type>();
+            let lon = b.column(3).as_primitive::<Float64Type>();
+            let split = b.column(8).as_string::<i32>();
+            let label = b.column(9).as_primitive::<Int32Type>();
+            for i in 0..b.num_rows() {
+                f(SampleRow {
+                    id: id.value(i),
+                    coords: (!lat.is_null(i) && !lon.is_null(i))
+                        .then(|| (lat.value(i), lon.value(i))),
+                    split: split.value(i),
+                    label: (!label.is_null(i)).then(|| label.value(i)),
+                });
+            }
+            Ok(())
+        })
     }
 
     /// The rows `range` (in dataset order: parts in manifest order), as batches; parts

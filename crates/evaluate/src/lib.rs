@@ -29,7 +29,7 @@ use arrow::array::{
     Array, ArrayRef, AsArray, Float32Builder, Float64Array, ListBuilder, RecordBatch, StringArray,
     StringBuilder, UInt32Array,
 };
-use arrow::datatypes::{DataType, Field, Float32Type, Float64Type, Int32Type, Schema};
+use arrow::datatypes::{DataType, Field, Float32Type, Float64Type, Schema};
 use geoloc_core::dataset::{Dataset, Manifest, ManifestInfo};
 use geoloc_core::fingerprint::Fingerprint;
 use geoloc_core::geo::{DistanceMetric, LatLon, SphericalMean};
@@ -388,40 +388,32 @@ fn read_truth(input: &Input) -> Result<Truth, Error> {
     };
     let mut per_class = vec![SphericalMean::default(); k];
     let mut all = SphericalMean::default();
-    ds.for_each_batch(|b| {
-        let ids = b.column(0).as_string::<i32>();
-        let lat = b.column(2).as_primitive::<Float64Type>();
-        let lon = b.column(3).as_primitive::<Float64Type>();
-        let split = b.column(8).as_string::<i32>();
-        let label = b.column(9).as_primitive::<Int32Type>();
-        for i in 0..b.num_rows() {
-            let coords = (!lat.is_null(i) && !lon.is_null(i)).then(|| [lat.value(i), lon.value(i)]);
-            let lab = (!label.is_null(i))
-                .then(|| label.value(i))
-                .and_then(|l| usize::try_from(l).ok())
-                .filter(|&l| l < k);
-            match split.value(i) {
-                "train" => {
+    ds.for_each_sample(|r| {
+        let coords = r.coords.map(|(lat, lon)| [lat, lon]);
+        let lab = r
+            .label
+            .and_then(|l| usize::try_from(l).ok())
+            .filter(|&l| l < k);
+        match r.split {
+            "train" => {
+                if let Some(c) = coords {
+                    all.add((c[0], c[1]), 1.0);
+                }
+                if let Some(l) = lab {
+                    t.train_counts[l] += 1;
                     if let Some(c) = coords {
-                        all.add((c[0], c[1]), 1.0);
-                    }
-                    if let Some(l) = lab {
-                        t.train_counts[l] += 1;
-                        if let Some(c) = coords {
-                            per_class[l].add((c[0], c[1]), 1.0);
-                        }
+                        per_class[l].add((c[0], c[1]), 1.0);
                     }
                 }
-                "test" if coords.is_some() || lab.is_some() => {
-                    t.index.insert(ids.value(i).to_owned(), t.ids.len());
-                    t.ids.push(ids.value(i).to_owned());
-                    t.labels.push(lab);
-                    t.coords.push(coords);
-                }
-                _ => {}
             }
+            "test" if coords.is_some() || lab.is_some() => {
+                t.index.insert(r.id.to_owned(), t.ids.len());
+                t.ids.push(r.id.to_owned());
+                t.labels.push(lab);
+                t.coords.push(coords);
+            }
+            _ => {}
         }
-        Ok(())
     })?;
     t.train_class_locations = per_class.iter().map(SphericalMean::finish).collect();
     t.train_mean = all.finish();

@@ -6,8 +6,8 @@
 //! hold the same values in the same order: results do not depend on which one ran.
 
 use crate::Error;
-use arrow::array::{Array, AsArray};
-use arrow::datatypes::{Float32Type, Float64Type, Int32Type};
+use arrow::array::AsArray;
+use arrow::datatypes::Float32Type;
 use geoloc_core::dataset::Dataset;
 use geoloc_core::schema;
 use geoloc_core::stage::Input;
@@ -40,29 +40,20 @@ pub fn read_samples(input: &Input) -> Result<Samples, Error> {
         .and_then(|c| serde_json::from_value(c.clone()).ok())
         .unwrap_or_default();
     let mut by_id = HashMap::with_capacity(ds.manifest.rows as usize);
-    ds.for_each_batch(|b| {
-        let ids = b.column(0).as_string::<i32>();
-        let lat = b.column(2).as_primitive::<Float64Type>();
-        let lon = b.column(3).as_primitive::<Float64Type>();
-        let split = b.column(8).as_string::<i32>();
-        let label = b.column(9).as_primitive::<Int32Type>();
-        for i in 0..b.num_rows() {
-            let s = match split.value(i) {
-                "train" => 0,
-                "val" => 1,
-                _ => 2,
-            };
-            let coords = (!lat.is_null(i) && !lon.is_null(i)).then(|| (lat.value(i), lon.value(i)));
-            by_id.insert(
-                ids.value(i).to_owned(),
-                SampleInfo {
-                    split: s,
-                    label: (!label.is_null(i)).then(|| label.value(i)),
-                    coords,
-                },
-            );
-        }
-        Ok(())
+    ds.for_each_sample(|r| {
+        let split = match r.split {
+            "train" => 0,
+            "val" => 1,
+            _ => 2,
+        };
+        by_id.insert(
+            r.id.to_owned(),
+            SampleInfo {
+                split,
+                label: r.label,
+                coords: r.coords,
+            },
+        );
     })?;
     Ok(Samples { by_id, classes })
 }
