@@ -186,6 +186,15 @@ impl Manifest {
         serde_json::from_slice(&text).map_err(|e| Error::Json { path: p, source: e })
     }
 
+    /// The class list a samples manifest records (`metadata.classes`; empty without one).
+    pub fn classes(&self) -> Vec<String> {
+        self.info
+            .metadata
+            .get("classes")
+            .and_then(|c| serde_json::from_value(c.clone()).ok())
+            .unwrap_or_default()
+    }
+
     /// The checksum of a column, or an error naming the columns that exist.
     pub fn column_checksum(&self, column: &str) -> Result<&str> {
         self.columns.get(column).map(String::as_str).ok_or_else(|| {

@@ -368,13 +368,7 @@ struct Truth {
 
 fn read_truth(input: &Input) -> Result<Truth, Error> {
     let ds = Dataset::open(&input.dir, &geoloc_core::schema::samples())?;
-    let classes: Vec<String> = input
-        .manifest
-        .info
-        .metadata
-        .get("classes")
-        .and_then(|c| serde_json::from_value(c.clone()).ok())
-        .unwrap_or_default();
+    let classes = input.manifest.classes();
     let k = classes.len();
     let mut t = Truth {
         classes,
@@ -948,7 +942,7 @@ fn run_file(decided: &[Decided], truth: &Truth) -> String {
 }
 
 /// The files of the committed directory (those that exist).
-fn output_files(dir: &Path) -> Result<Vec<String>, Error> {
+fn output_files(dir: &Path) -> Vec<String> {
     let mut files = vec![PREDICTIONS_FILE.to_string(), METRICS_FILE.to_string()];
     for sub in ["plots", "runs"] {
         let d = dir.join(sub);
@@ -968,7 +962,7 @@ fn output_files(dir: &Path) -> Result<Vec<String>, Error> {
             files.push(f.into());
         }
     }
-    Ok(files)
+    files
 }
 
 /// Commits the output directory: every file listed with its blake3.
@@ -987,7 +981,7 @@ pub fn finalize(
     let bytes = std::fs::read(dir.join(METRICS_FILE)).map_err(|e| Error::io(dir, e))?;
     let metrics: Metrics =
         serde_json::from_slice(&bytes).map_err(|e| Error::Data(format!("metrics.json: {e}")))?;
-    let files = output_files(dir)?;
+    let files = output_files(dir);
     let refs: Vec<&str> = files.iter().map(String::as_str).collect();
     let info = ManifestInfo {
         stage: KIND.into(),

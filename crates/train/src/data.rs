@@ -32,13 +32,7 @@ pub struct Samples {
 
 pub fn read_samples(input: &Input) -> Result<Samples, Error> {
     let ds = Dataset::open(&input.dir, &schema::samples())?;
-    let classes: Vec<String> = input
-        .manifest
-        .info
-        .metadata
-        .get("classes")
-        .and_then(|c| serde_json::from_value(c.clone()).ok())
-        .unwrap_or_default();
+    let classes = input.manifest.classes();
     let mut by_id = HashMap::with_capacity(ds.manifest.rows as usize);
     ds.for_each_sample(|r| {
         let split = match r.split {

@@ -39,6 +39,7 @@ use geoloc_models::heads::{
     argmax, loss_and_grad, CpuMlpTrainer, HeadSpec, Loss, Mlp, MlpConfig, SmallCnnConfig, Target,
 };
 use geoloc_models::optim::{OptimizerConfig, SgdConfig};
+use geoloc_models::predict::{softmax_into, PhotoScores};
 use geoloc_models::trainer::{CandleTrainer, Trainer};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -535,8 +536,8 @@ impl Setup {
         }
         let out_dim = self.spec.outputs();
         let photos = p.rows.ids.len();
-        let mut acc = vec![0f64; photos * out_dim];
-        let mut views = vec![0u32; photos];
+        let mut acc = PhotoScores::new(photos, out_dim);
+        let mut scores = Vec::with_capacity(out_dim);
         let (mut x, mut cls, mut vals) = (Vec::new(), Vec::new(), Vec::new());
         let mut loss_sum = 0f64;
         let mut loss_rows = 0usize;
@@ -564,17 +565,13 @@ impl Setup {
             }
             for (j, &row) in chunk.iter().enumerate() {
                 let ph = p.rows.photo[row as usize] as usize;
-                views[ph] += 1;
                 let o = &out[j * out_dim..(j + 1) * out_dim];
-                let a = &mut acc[ph * out_dim..(ph + 1) * out_dim];
                 if self.r.task == Task::Latlon {
-                    a.iter_mut().zip(o).for_each(|(a, v)| *a += *v as f64);
+                    acc.add(ph, o);
                 } else {
-                    let max = o.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let sum: f64 = o.iter().map(|v| ((v - max) as f64).exp()).sum();
-                    a.iter_mut()
-                        .zip(o)
-                        .for_each(|(a, v)| *a += ((v - max) as f64).exp() / sum);
+                    scores.clear();
+                    softmax_into(o, &mut scores);
+                    acc.add(ph, &scores);
                 }
             }
         }
@@ -582,15 +579,11 @@ impl Setup {
         let mut labelled = 0usize;
         let mut errors = Vec::new();
         let photo_class = &p.photo_class;
-        for ph in 0..photos {
-            let o: Vec<f32> = acc[ph * out_dim..(ph + 1) * out_dim]
-                .iter()
-                .map(|v| (*v / views[ph].max(1) as f64) as f32)
-                .collect();
+        for (ph, &class) in photo_class.iter().enumerate() {
+            let o = acc.mean(ph);
             if self.r.task != Task::Latlon {
                 labelled += 1;
-                correct += (photo_class[ph] != u32::MAX && argmax(&o) == photo_class[ph] as usize)
-                    as usize;
+                correct += (class != u32::MAX && argmax(&o) == class as usize) as usize;
             }
             if let (Some(pred), Some((lat, lon))) = (self.location(&o), p.rows.coords[ph]) {
                 if let (Ok(a), Ok(b)) = (LatLon::new(pred[0], pred[1]), LatLon::new(lat, lon)) {
