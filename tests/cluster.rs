@@ -23,6 +23,18 @@ fn read(p: &Path) -> String {
 fn slurm_scripts_shard_chain_and_requeue() {
     let t = support::metadata_project(200);
     let root = t.path();
+    // GPU jobs want the CUDA build: this CPU build refuses to be their binary.
+    let err = stderr(&geoloc(
+        &["slurm", "pipelines/demo.toml", "--gpus-per-task", "1"],
+        root,
+        &[],
+        false,
+    ));
+    assert!(
+        err.contains("the CPU build") && err.contains("--gpu-binary"),
+        "{err}"
+    );
+    std::fs::write(root.join("geoloc-cuda"), "").unwrap();
     let out = stdout(&geoloc(
         &[
             "slurm",
@@ -31,6 +43,8 @@ fn slurm_scripts_shard_chain_and_requeue() {
             "3",
             "--max-parallel",
             "2",
+            "--gpu-binary",
+            "geoloc-cuda",
             "--gpus-per-task",
             "1",
             "--partition",
@@ -203,8 +217,10 @@ fn k8s_manifests_are_indexed_jobs_the_api_accepts() {
             assert_eq!(c["env"][0]["value"], "4");
         }
         let gpu = &c["resources"]["limits"]["nvidia.com/gpu"];
-        let wants_gpu =
-            (cmd.contains(&"featurize") || cmd.contains(&"train")) && !cmd.contains(&"finalize");
+        // HOG runs on CPU threads: its featurize job asks for no GPU.
+        let wants_gpu = (cmd.contains(&"featurize") || cmd.contains(&"train"))
+            && !cmd.contains(&"finalize")
+            && !cmd.contains(&"hog");
         assert_eq!(gpu.as_u64() == Some(1), wants_gpu, "{}", f.display());
         names.push(name.to_owned());
     }
@@ -218,6 +234,148 @@ fn k8s_manifests_are_indexed_jobs_the_api_accepts() {
     // Applied in dependency order: ingest before crop224 before lite0 before evaluate.
     let pos = |s: &str| apply.find(s).unwrap();
     assert!(pos("00-ingest") < pos("01-crop224") && pos("05-lite0") < pos("11-evaluate"));
+}
+
+/// One submission, two kinds of node: with `--gpu-binary`, `--gpu-partition` (Slurm) and
+/// `--gpu-image` (Kubernetes), featurize and train run the CUDA build on the GPU partition
+/// (or image) with a GPU, and every other job runs the CPU build on the CPU partition with
+/// none, so that no CPU node has to start a binary that links the NVIDIA driver.
+#[test]
+fn gpu_jobs_take_the_gpu_binary_partition_and_image_the_others_the_cpu_ones() {
+    let t = support::metadata_project(100);
+    let root = t.path();
+    let gpu_bin = root.join("geoloc-cuda");
+    std::fs::write(&gpu_bin, "#!/bin/sh\n").unwrap();
+    let cpu_bin = root.join("geoloc-cpu");
+    std::fs::write(&cpu_bin, "#!/bin/sh\n").unwrap();
+    let out = stdout(&geoloc(
+        &[
+            "slurm",
+            "pipelines/demo.toml",
+            "--shards",
+            "2",
+            "--gpus-per-task",
+            "1",
+            "--partition",
+            "cpu",
+            "--gpu-partition",
+            "h200",
+            "--binary",
+            "geoloc-cpu",
+            "--gpu-binary",
+            "geoloc-cuda",
+            "--out",
+            "sub",
+        ],
+        root,
+        &[],
+        true,
+    ));
+    assert!(out.contains("for 12 instances"), "{out}");
+    let (mut gpu_jobs, mut cpu_jobs) = (0, 0);
+    for e in std::fs::read_dir(root.join("sub")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_none_or(|x| x != "sbatch") {
+            continue;
+        }
+        let text = read(&p);
+        let exec = text
+            .lines()
+            .find(|l| l.starts_with("exec ") || l.contains(" --max-seconds "))
+            .unwrap_or_else(|| panic!("no command in {}", p.display()));
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        let finalize = name.contains(".finalize.");
+        // HOG features are computed on CPU threads: a CPU job.
+        let gpu_kind = (exec.contains(" featurize ") || exec.contains(" train "))
+            && !exec.contains("--instance hog ");
+        if gpu_kind && !finalize {
+            gpu_jobs += 1;
+            assert!(
+                exec.contains(&gpu_bin.display().to_string()),
+                "{name}: {exec}"
+            );
+            assert!(exec.contains("--device cuda"), "{name}: {exec}");
+            for want in ["#SBATCH --gres=gpu:1", "#SBATCH --partition=h200", "ldd "] {
+                assert!(text.contains(want), "{name}: {want}\n{text}");
+            }
+            assert!(!text.contains("--partition=cpu"), "{name}");
+        } else {
+            cpu_jobs += 1;
+            assert!(
+                exec.contains(&cpu_bin.display().to_string()),
+                "{name}: {exec}"
+            );
+            assert!(!text.contains("geoloc-cuda"), "{name}: {text}");
+            assert!(
+                !text.contains("--device cuda") && !text.contains("--gres"),
+                "{name}"
+            );
+            assert!(text.contains("#SBATCH --partition=cpu"), "{name}: {text}");
+            assert!(!text.contains("ldd "), "{name}: CPU jobs need no preflight");
+        }
+        let st = std::process::Command::new("bash")
+            .arg("-n")
+            .arg(&p)
+            .status()
+            .unwrap();
+        assert!(st.success(), "{name} is not valid shell");
+    }
+    // Lite0's featurize and the five train jobs on GPUs; ingest, preprocess x3, HOG, their
+    // finalizes and evaluate on CPUs.
+    assert_eq!((gpu_jobs, cpu_jobs), (6, 11));
+
+    // Kubernetes: the GPU jobs' image holds the CUDA build.
+    geoloc(
+        &[
+            "k8s",
+            "pipelines/demo.toml",
+            "--image",
+            "reg.example/geoloc:cpu",
+            "--gpu-image",
+            "reg.example/geoloc:cuda",
+            "--gpus-per-task",
+            "1",
+            "--out",
+            "k8s",
+        ],
+        root,
+        &[],
+        true,
+    );
+    let mut seen = (0, 0);
+    for e in std::fs::read_dir(root.join("k8s")).unwrap() {
+        let p = e.unwrap().path();
+        if !p.to_string_lossy().ends_with(".job.json") {
+            continue;
+        }
+        let j: Value = serde_json::from_str(&read(&p)).unwrap();
+        let c = &j["spec"]["template"]["spec"]["containers"][0];
+        let gpu = c["resources"]["limits"]["nvidia.com/gpu"].as_u64() == Some(1);
+        let image = c["image"].as_str().unwrap();
+        if gpu {
+            seen.0 += 1;
+            assert_eq!(image, "reg.example/geoloc:cuda", "{}", p.display());
+        } else {
+            seen.1 += 1;
+            assert_eq!(image, "reg.example/geoloc:cpu", "{}", p.display());
+        }
+    }
+    assert_eq!(seen, (6, 11));
+
+    // The GPU settings without GPUs, or a GPU binary that is not there: refused.
+    for (args, want) in [
+        (vec!["--gpu-binary", "geoloc-cuda"], "give --gpus-per-task"),
+        (vec!["--gpu-partition", "h200"], "give --gpus-per-task"),
+        (
+            vec!["--gpus-per-task", "1", "--gpu-binary", "nowhere/geoloc"],
+            "no such file",
+        ),
+    ] {
+        let mut a = vec!["slurm", "pipelines/demo.toml", "--out", "sub2"];
+        a.extend(args);
+        let err = stderr(&geoloc(&a, root, &[], false));
+        assert!(err.contains(want), "{a:?}: {err}");
+    }
 }
 
 /// The Slurm cluster the tests use, if one answers (`scontrol ping`).

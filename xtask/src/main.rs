@@ -9,11 +9,17 @@
 //!   cargo xtask bench-ingest [--rows N] [--threads "1 2"]   ingest vs polars and DuckDB
 //!   cargo xtask bench-preprocess [--n 200] [--large 12] [--threads "1 2"] [--reps 3]
 //!                                            224 centre crop vs Pillow and torchvision
+//!   cargo xtask cuda-toolchain               CUDA 13.0 compiler wheels into target/ (pip)
+//!   cargo xtask build-cuda [--cap 90] [--profile release] [--cuda-home DIR]
+//!                                            the CUDA geoloc, into target/cuda/
+//!   cargo xtask gpu-bundle [--out DIR]       a device check for a GPU machine (< 60 MiB)
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
+
+mod cuda;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -67,7 +73,7 @@ fn main() -> Result<()> {
     let Some(task) = args.first() else {
         eprintln!(
             "usage: cargo xtask <demo|fetch-lite0|run|status|slurm|k8s|bench-ingest|\
-             bench-preprocess|bench-featurize|bench-train> ..."
+             bench-preprocess|bench-featurize|bench-train|cuda-toolchain|build-cuda|gpu-bundle> ..."
         );
         std::process::exit(2);
     };
@@ -83,9 +89,13 @@ fn main() -> Result<()> {
         }
         "bench-ingest" => bench_ingest(rest),
         "bench-preprocess" => bench_preprocess(rest),
+        "cuda-toolchain" => cuda::toolchain().map(|p| println!("{}", p.display())),
+        "build-cuda" => cuda::build(rest).map(|_| ()),
+        "gpu-bundle" => cuda::bundle(rest),
         other => bail!(
             "unknown task {other:?}: demo, fetch-lite0, run, status, slurm, k8s, \
-             bench-ingest, bench-preprocess, bench-featurize, bench-train"
+             bench-ingest, bench-preprocess, bench-featurize, bench-train, cuda-toolchain, \
+             build-cuda, gpu-bundle"
         ),
     }
 }

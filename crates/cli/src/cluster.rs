@@ -52,6 +52,13 @@ fn absolute(p: &Path) -> Result<PathBuf> {
     std::path::absolute(p).with_context(|| format!("resolving {}", p.display()))
 }
 
+/// Instances of a GPU kind whose work runs on CPU threads whatever the device: HOG
+/// features. They get CPU jobs, not a GPU node each.
+fn cpu_only(decl: &geoloc_core::config::StageDecl) -> bool {
+    decl.kind == geoloc_featurize::KIND
+        && decl.config.get("backbone").and_then(|b| b.as_str()) == Some("hog")
+}
+
 /// The plan of a pipeline: its instances that are not fresh (every instance with `force`).
 pub fn plan(pipeline: &Path, runs_dir: Option<PathBuf>, force: bool) -> Result<Plan> {
     let r = Runner::load(pipeline, runs_dir.clone())?;
@@ -73,7 +80,7 @@ pub fn plan(pipeline: &Path, runs_dir: Option<PathBuf>, force: bool) -> Result<P
             kind: decl.kind.clone(),
             after,
             sharded: stage.sharded(),
-            gpu: stage.uses_gpu(),
+            gpu: stage.uses_gpu() && !cpu_only(decl),
             why: st.state.to_string(),
         });
     }
@@ -100,12 +107,34 @@ pub struct JobOptions {
     pub mem: Option<String>,
     /// The `geoloc` binary the jobs run (absolute).
     pub binary: PathBuf,
+    /// The binary of the GPU jobs (featurize and train with `gpus_per_task > 0`): the CUDA
+    /// build (`cargo xtask build-cuda`), which needs the NVIDIA driver to start, while
+    /// `binary` (the CPU build) runs everywhere. `None`: `binary` for every job.
+    pub gpu_binary: Option<PathBuf>,
+}
+
+impl JobOptions {
+    /// Whether `p`'s job (not its finalize) runs on a GPU.
+    pub fn on_gpu(&self, p: &Planned, finalize: bool) -> bool {
+        p.gpu && self.gpus_per_task > 0 && !finalize
+    }
+
+    /// The binary of `p`'s job.
+    pub fn binary_for(&self, p: &Planned, finalize: bool) -> &Path {
+        match &self.gpu_binary {
+            Some(b) if self.on_gpu(p, finalize) => b,
+            _ => &self.binary,
+        }
+    }
 }
 
 /// Slurm-only settings.
 #[derive(Debug, Clone, Default)]
 pub struct SlurmOptions {
+    /// The partition of every job, or of the CPU jobs when `gpu_partition` is set.
     pub partition: Option<String>,
+    /// The partition of the GPU jobs.
+    pub gpu_partition: Option<String>,
     pub account: Option<String>,
     /// The time limit of each job (`--time`, Slurm's formats).
     pub time: Option<String>,
@@ -153,7 +182,10 @@ fn sh_quote(s: &str) -> String {
 
 /// The command line of one job (a shard, a whole instance, or a finalize).
 fn command(plan: &Plan, p: &Planned, finalize: bool, o: &JobOptions) -> Vec<String> {
-    let mut c = vec![o.binary.display().to_string(), "--no-progress".into()];
+    let mut c = vec![
+        o.binary_for(p, finalize).display().to_string(),
+        "--no-progress".into(),
+    ];
     let pipe = plan.pipeline_file.display().to_string();
     if finalize {
         c.extend(["finalize".into(), pipe, "--instance".into(), p.name.clone()]);
@@ -164,7 +196,7 @@ fn command(plan: &Plan, p: &Planned, finalize: bool, o: &JobOptions) -> Vec<Stri
         if p.sharded {
             c.push("--no-finalize".into());
         }
-        if p.gpu && o.gpus_per_task > 0 {
+        if o.on_gpu(p, false) {
             c.extend(["--device".into(), "cuda".into()]);
         }
     }
@@ -226,11 +258,13 @@ fn sbatch_script(
     if let Some(m) = &o.mem {
         h(format!("--mem={m}"));
     }
-    if p.gpu && o.gpus_per_task > 0 && !finalize {
+    let gpu = o.on_gpu(p, finalize);
+    if gpu {
         h(format!("--gres=gpu:{}", o.gpus_per_task));
     }
-    if let Some(v) = &s.partition {
-        h(format!("--partition={v}"));
+    match (gpu, &s.gpu_partition, &s.partition) {
+        (true, Some(v), _) | (_, _, Some(v)) => h(format!("--partition={v}")),
+        _ => {}
     }
     if let Some(v) = &s.account {
         h(format!("--account={v}"));
@@ -249,6 +283,9 @@ fn sbatch_script(
     }
     t.push_str("set -euo pipefail\n");
     let _ = writeln!(t, "cd {}", sh_quote(&plan.workdir.display().to_string()));
+    if gpu {
+        t.push_str(&gpu_preflight(o.binary_for(p, finalize)));
+    }
     let cmd: Vec<String> = command(plan, p, finalize, o)
         .iter()
         .map(|a| sh_quote(a))
@@ -270,6 +307,22 @@ fn sbatch_script(
         let _ = writeln!(t, "exec {}", cmd.join(" "));
     }
     Ok(t)
+}
+
+/// Shell lines that stop a GPU job with one line when its binary cannot start on the node
+/// it landed on: the CUDA build links the NVIDIA driver's `libcuda.so.1` and the CUDA
+/// libraries, and where they are missing the dynamic loader would fail before geoloc could
+/// say anything.
+fn gpu_preflight(binary: &Path) -> String {
+    let b = sh_quote(&binary.display().to_string());
+    format!(
+        "# The CUDA build needs the NVIDIA driver and CUDA libraries on this node.\n\
+         missing=$(ldd {b} 2>/dev/null | awk '/not found/ {{print $1}}' | tr '\\n' ' ')\n\
+         if [ -n \"$missing\" ]; then\n  \
+         echo \"geoloc: this GPU job cannot start {b} on $(hostname): ${{missing}}not found (the CUDA \
+         build needs the NVIDIA driver and CUDA libraries; send GPU jobs to a GPU partition: \
+         --gpu-partition)\" >&2\n  exit 1\nfi\n"
+    )
 }
 
 /// The script names of a planned instance: `NN-name.sbatch` and, if sharded,
@@ -534,8 +587,10 @@ pub fn describe_failure(o: &Outcome) -> String {
 /// Kubernetes-only settings.
 #[derive(Debug, Clone, Default)]
 pub struct K8sOptions {
-    /// The container image holding the `geoloc` binary.
+    /// The container image holding the `geoloc` binary (as `geoloc` on its PATH).
     pub image: String,
+    /// The image of the GPU jobs, holding the CUDA build as `geoloc` (default: `image`).
+    pub gpu_image: Option<String>,
     pub namespace: Option<String>,
     /// A PersistentVolumeClaim mounted at `mount` (the project: pipeline, data, runs).
     pub pvc: Option<String>,
@@ -569,9 +624,15 @@ fn k8s_job(
         p.name,
         if finalize { "-finalize" } else { "" }
     ));
+    // Each image has its build on the PATH as `geoloc`: the GPU jobs' image the CUDA one.
     let mut binary = o.clone();
     binary.binary = PathBuf::from("geoloc");
+    binary.gpu_binary = None;
     let command = command(plan, p, finalize, &binary);
+    let image = match &k.gpu_image {
+        Some(g) if o.on_gpu(p, finalize) => g,
+        _ => &k.image,
+    };
     let mut resources = json!({});
     if let Some(c) = o.cpus_per_task {
         resources["requests"]["cpu"] = json!(c.to_string());
@@ -582,12 +643,12 @@ fn k8s_job(
             .replace('G', "Gi")
             .replace('M', "Mi"));
     }
-    if p.gpu && o.gpus_per_task > 0 && !finalize {
+    if o.on_gpu(p, finalize) {
         resources["limits"]["nvidia.com/gpu"] = json!(o.gpus_per_task);
     }
     let mut container = json!({
         "name": "geoloc",
-        "image": k.image,
+        "image": image,
         "command": command,
         "workingDir": plan.workdir.display().to_string(),
         "env": [],

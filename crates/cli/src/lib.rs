@@ -5,6 +5,11 @@
 
 pub mod cluster;
 pub mod demo;
+pub mod gpu_check;
 pub mod predict;
 pub mod runner;
 pub mod stages;
+
+/// Which build this is: `CPU build`, or `CUDA build, compute capability N` (the `cuda`
+/// feature; `cargo xtask build-cuda`).
+pub const BUILD: &str = env!("GEOLOC_BUILD");

@@ -15,10 +15,14 @@ use std::time::Instant;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `geoloc --version`: the version and the build (CPU, or CUDA for which GPUs), so that a
+/// job log and a person can tell the two binaries of a cluster apart.
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("GEOLOC_BUILD"), ")");
+
 #[derive(Parser)]
 #[command(
     name = "geoloc",
-    version,
+    version = VERSION,
     about = "Learn where photos were taken, and say where new ones were taken."
 )]
 struct Cli {
@@ -94,6 +98,13 @@ enum Cmd {
         #[arg(long)]
         runs_dir: Option<PathBuf>,
     },
+    /// The device check of a CUDA build (`cargo xtask gpu-bundle` prepares it; README,
+    /// "The CUDA build"): parity with the CPU's features, images/s, the MLP's steps.
+    #[command(hide = true)]
+    GpuCheck {
+        #[command(subcommand)]
+        what: GpuCheckCmd,
+    },
     /// Write synthetic inputs for the demo pipeline.
     Synth {
         #[command(subcommand)]
@@ -119,6 +130,41 @@ enum Cmd {
         /// Decode at full size even when the target is small.
         #[arg(long)]
         no_dct_scaling: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum GpuCheckCmd {
+    /// Cut the photos' 224 centre crops into BUNDLE/crops and compute the CPU's reference
+    /// features (Lite0 with the real checkpoint; VGG16 and GoogLeNet on seeded weights).
+    Reference {
+        #[arg(long)]
+        bundle: PathBuf,
+        /// The EfficientNet-Lite0 checkpoint.
+        #[arg(long)]
+        lite0: PathBuf,
+        /// At most this many photos.
+        #[arg(long, default_value_t = 96)]
+        max_photos: usize,
+        /// Crops VGG16 and GoogLeNet run on (slow on a CPU).
+        #[arg(long, default_value_t = 16)]
+        cnn_rows: usize,
+        /// Photo files, or folders to walk.
+        #[arg(required = true)]
+        photos: Vec<PathBuf>,
+    },
+    /// Run the checks on a device against a bundle; writes gpu-check.json and .md to --out.
+    /// Exits 1 when a parity goal is missed.
+    Run {
+        #[arg(long)]
+        bundle: PathBuf,
+        #[arg(long, default_value = "cuda")]
+        device: String,
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        /// Lite0 only, f32 and f16, batch 2, one pass: the tests' CPU run.
+        #[arg(long)]
+        quick: bool,
     },
 }
 
@@ -229,6 +275,10 @@ struct ClusterArgs {
     /// GPUs per task for featurize and train (then run with --device cuda: a CUDA build).
     #[arg(long, default_value_t = 0)]
     gpus_per_task: u32,
+    /// The CUDA build the GPU jobs run (`cargo xtask build-cuda`); the other jobs run
+    /// --binary, which starts on nodes without the NVIDIA driver. Needs --gpus-per-task.
+    #[arg(long)]
+    gpu_binary: Option<PathBuf>,
     #[arg(long)]
     cpus_per_task: Option<u32>,
     /// Memory per job (e.g. 16G).
@@ -252,8 +302,12 @@ struct ClusterArgs {
 struct SlurmArgs {
     #[command(flatten)]
     c: ClusterArgs,
+    /// The partition of every job (of the CPU jobs when --gpu-partition is given).
     #[arg(long)]
     partition: Option<String>,
+    /// The partition of the GPU jobs (featurize and train with --gpus-per-task).
+    #[arg(long)]
+    gpu_partition: Option<String>,
     #[arg(long)]
     account: Option<String>,
     /// Time limit per job (Slurm formats). Train jobs stop before it with a checkpoint and
@@ -279,9 +333,13 @@ struct SlurmArgs {
 struct K8sArgs {
     #[command(flatten)]
     c: ClusterArgs,
-    /// The container image holding the geoloc binary.
+    /// The container image holding the geoloc binary (as `geoloc` on its PATH).
     #[arg(long)]
     image: String,
+    /// The image of the GPU jobs, holding the CUDA build as `geoloc` (default: --image).
+    /// Needs --gpus-per-task.
+    #[arg(long)]
+    gpu_image: Option<String>,
     #[arg(long)]
     namespace: Option<String>,
     /// A PersistentVolumeClaim holding the project, mounted at --mount.
@@ -534,6 +592,7 @@ fn real_main(cli: Cli) -> Result<()> {
                 rayon_threads()
             );
         }
+        Cmd::GpuCheck { what } => gpu_check_cmd(what)?,
         Cmd::PreprocessRaw {
             dir,
             reps,
@@ -543,11 +602,79 @@ fn real_main(cli: Cli) -> Result<()> {
     Ok(())
 }
 
+fn gpu_check_cmd(what: GpuCheckCmd) -> Result<()> {
+    use geoloc_cli::gpu_check;
+    match what {
+        GpuCheckCmd::Reference {
+            bundle,
+            lite0,
+            max_photos,
+            cnn_rows,
+            photos,
+        } => {
+            let files = geoloc_cli::predict::collect(&photos)?;
+            let info = gpu_check::make_reference(&files, &lite0, &bundle, max_photos, cnn_rows)?;
+            println!(
+                "{} crops ({} with VGG16/GoogLeNet rows), {} photos skipped, in {}",
+                info.crops,
+                info.cnn_rows,
+                info.skipped.len(),
+                bundle.display()
+            );
+        }
+        GpuCheckCmd::Run {
+            bundle,
+            device,
+            out,
+            quick,
+        } => {
+            let mut opts = gpu_check::RunOptions::full(&device);
+            if quick {
+                opts.batches = vec![2];
+                // candle's CPU matmul has f16 (gemm) but no bf16.
+                opts.parity_dtypes = vec!["f32".into(), "f16".into()];
+                opts.throughput_dtypes = vec!["f32".into()];
+                opts.models = vec![geoloc_models::backbone::BackboneKind::Lite0];
+                opts.seconds = 0.0;
+            }
+            let report = gpu_check::run(&bundle, &opts)?;
+            std::fs::create_dir_all(&out)?;
+            std::fs::write(
+                out.join("gpu-check.json"),
+                serde_json::to_vec_pretty(&report)?,
+            )?;
+            let md = report.markdown();
+            std::fs::write(out.join("gpu-check.md"), &md)?;
+            print!("{md}");
+            if !report.pass() {
+                bail!("a parity check missed its goal (see the table above)");
+            }
+        }
+    }
+    Ok(())
+}
+
 fn job_options(c: &ClusterArgs) -> Result<geoloc_cli::cluster::JobOptions> {
     let binary = match &c.binary {
         Some(b) => std::path::absolute(b)?,
         None => std::env::current_exe().context("locating the geoloc binary")?,
     };
+    if c.gpu_binary.is_some() && c.gpus_per_task == 0 {
+        bail!("--gpu-binary is the binary of the GPU jobs: give --gpus-per-task N too");
+    }
+    let gpu_binary = c
+        .gpu_binary
+        .as_deref()
+        .map(std::path::absolute)
+        .transpose()?;
+    if let Some(g) = &gpu_binary {
+        if !g.is_file() {
+            bail!(
+                "--gpu-binary {}: no such file (build it with `cargo xtask build-cuda`)",
+                g.display()
+            );
+        }
+    }
     Ok(geoloc_cli::cluster::JobOptions {
         shards: c.shards,
         max_parallel: c.max_parallel,
@@ -555,6 +682,7 @@ fn job_options(c: &ClusterArgs) -> Result<geoloc_cli::cluster::JobOptions> {
         cpus_per_task: c.cpus_per_task,
         mem: c.mem.clone(),
         binary,
+        gpu_binary,
     })
 }
 
@@ -577,8 +705,22 @@ fn slurm_cmd(a: SlurmArgs) -> Result<()> {
         return Ok(());
     }
     let opts = job_options(&a.c)?;
+    if a.c.gpus_per_task > 0
+        && a.c.gpu_binary.is_none()
+        && a.c.binary.is_none()
+        && !geoloc_models::backbone::CUDA_BUILD
+    {
+        bail!(
+            "--gpus-per-task: the GPU jobs would run this geoloc, the CPU build, which refuses \
+             --device cuda; give the CUDA build as --gpu-binary (cargo xtask build-cuda)"
+        );
+    }
+    if a.gpu_partition.is_some() && a.c.gpus_per_task == 0 {
+        bail!("--gpu-partition is the partition of the GPU jobs: give --gpus-per-task N too");
+    }
     let s = cluster::SlurmOptions {
         partition: a.partition,
+        gpu_partition: a.gpu_partition,
         account: a.account,
         time: a.time,
         extra: a.sbatch_arg,
@@ -621,8 +763,12 @@ fn k8s_cmd(a: K8sArgs) -> Result<()> {
         return Ok(());
     }
     let opts = job_options(&a.c)?;
+    if a.gpu_image.is_some() && a.c.gpus_per_task == 0 {
+        bail!("--gpu-image is the image of the GPU jobs: give --gpus-per-task N too");
+    }
     let k = cluster::K8sOptions {
         image: a.image,
+        gpu_image: a.gpu_image,
         namespace: a.namespace,
         pvc: a.pvc,
         mount: a.mount,

@@ -221,8 +221,9 @@ pub enum ModelError {
         path: PathBuf,
         error: Box<WeightsError>,
     },
-    #[error("device {0}: {1}")]
-    Device(String, candle_core::Error),
+    /// A device that cannot be used here: the reason is one line, for a person.
+    #[error("device `{0}`: {1}")]
+    Device(String, String),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }
@@ -242,22 +243,42 @@ pub struct Backbone {
     dtype: DType,
 }
 
-/// `cpu`, `cuda`, `cuda:N`: the candle device (CUDA needs the `cuda` build).
+/// Whether this build has candle's CUDA backend (the `cuda` feature, `cargo xtask
+/// build-cuda`).
+pub const CUDA_BUILD: bool = cfg!(feature = "cuda");
+
+/// `cpu`, `cuda`, `cuda:N`: the candle device. Asking for CUDA where it cannot be had is one
+/// clear error, never a silent fallback to the CPU: the CPU build says it is the CPU build,
+/// the CUDA build says which GPU could not be opened and why.
 pub fn parse_device(s: &str) -> Result<Device, ModelError> {
-    let err = |e| ModelError::Device(s.to_owned(), e);
-    match s {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => Device::new_cuda(0).map_err(err),
-        _ => match s
+    let ordinal = match s {
+        "cpu" => return Ok(Device::Cpu),
+        "cuda" => 0,
+        _ => s
             .strip_prefix("cuda:")
             .and_then(|n| n.parse::<usize>().ok())
-        {
-            Some(n) => Device::new_cuda(n).map_err(err),
-            None => Err(ModelError::Spec(format!(
-                "unknown device `{s}` (cpu, cuda, cuda:N)"
-            ))),
-        },
+            .ok_or_else(|| ModelError::Spec(format!("unknown device `{s}` (cpu, cuda, cuda:N)")))?,
+    };
+    if !CUDA_BUILD {
+        return Err(ModelError::Device(
+            s.to_owned(),
+            "this geoloc is the CPU build; CUDA needs the CUDA build (`cargo xtask build-cuda`, \
+             run on a node with an NVIDIA GPU and driver)"
+                .into(),
+        ));
     }
+    Device::new_cuda(ordinal).map_err(|e| {
+        // candle's CUDA errors can span lines (and carry a backtrace): keep the first.
+        let why = e.to_string();
+        let why = why.lines().next().unwrap_or("unknown error").trim().to_owned();
+        let visible = std::env::var("CUDA_VISIBLE_DEVICES")
+            .map(|v| format!("; CUDA_VISIBLE_DEVICES={v:?}"))
+            .unwrap_or_default();
+        ModelError::Device(
+            s.to_owned(),
+            format!("CUDA GPU {ordinal} cannot be opened ({why}): no NVIDIA GPU or driver visible to this process{visible}"),
+        )
+    })
 }
 
 /// `f32`, `f16`, `bf16`.
@@ -350,6 +371,11 @@ impl Backbone {
         })
     }
 
+    /// Whether it runs on the CPU.
+    pub fn on_cpu(&self) -> bool {
+        self.device.is_cpu()
+    }
+
     /// Feature rows for a batch of `width x height` 8-bit RGB images (HWC), row-major
     /// `[images, dim]`.
     pub fn features(
@@ -381,10 +407,12 @@ impl Backbone {
             .spec
             .normalisation()
             .ok_or_else(|| ModelError::Spec("no normalisation".into()))?;
-        let x = to_nchw(images, w, h, norm);
-        let x = Tensor::from_vec(x, (images.len(), 3, h, w), &Device::Cpu)?
-            .to_device(&self.device)?
-            .to_dtype(self.dtype)?;
+        let x = if self.device.is_cpu() {
+            let x = to_nchw(images, w, h, norm);
+            Tensor::from_vec(x, (images.len(), 3, h, w), &Device::Cpu)?.to_dtype(self.dtype)?
+        } else {
+            to_nchw_on(images, w, h, norm, &self.device, self.dtype)?
+        };
         let y = match &self.net {
             Net::Vgg(n, l) => n.forward(&x, *l)?,
             Net::Inception(n, l) => n.forward(&x, *l)?,
@@ -416,6 +444,32 @@ fn to_nchw(images: &[&[u8]], w: usize, h: usize, norm: Normalisation) -> Vec<f32
     out
 }
 
+/// HWC u8 images -> normalised NCHW on `device` in `dtype`, for devices other than the
+/// CPU: the 8-bit pixels cross to the device in one transfer (a quarter of the bytes of the
+/// f32 tensor) and are converted, reordered and normalised there, with the same two
+/// roundings (`x * scale`, then `+ shift`) as [`to_nchw`], so the values are equal.
+fn to_nchw_on(
+    images: &[&[u8]],
+    w: usize,
+    h: usize,
+    norm: Normalisation,
+    device: &Device,
+    dtype: DType,
+) -> candle_core::Result<Tensor> {
+    let plan = norm.plan();
+    let bytes: Vec<u8> = images.concat();
+    let x = Tensor::from_vec(bytes, (images.len(), h, w, 3), device)?.to_dtype(DType::F32)?;
+    let source = Tensor::new(&plan.map(|p| p.0 as u32), device)?;
+    let scale = Tensor::new(&plan.map(|p| p.1), device)?.reshape((1, 1, 1, 3))?;
+    let shift = Tensor::new(&plan.map(|p| p.2), device)?.reshape((1, 1, 1, 3))?;
+    x.index_select(&source, 3)?
+        .broadcast_mul(&scale)?
+        .broadcast_add(&shift)?
+        .permute((0, 3, 1, 2))?
+        .contiguous()?
+        .to_dtype(dtype)
+}
+
 /// The checksum featurize records for a weights file: blake3 of its bytes.
 pub fn weights_checksum(path: &Path) -> std::io::Result<String> {
     let mut h = blake3::Hasher::new();
@@ -426,6 +480,36 @@ pub fn weights_checksum(path: &Path) -> std::io::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The device path (8-bit upload, normalisation as tensor operations) gives the CPU
+    /// path's values exactly, for each normalisation; run here on the CPU device.
+    #[test]
+    fn device_normalisation_equals_the_cpu_path() {
+        let mut rng = geoloc_core::rng::SplitMix64::new(3);
+        let (w, h) = (5, 3);
+        let imgs: Vec<Vec<u8>> = (0..2)
+            .map(|_| {
+                (0..w * h * 3)
+                    .map(|_| (rng.next_u64() % 256) as u8)
+                    .collect()
+            })
+            .collect();
+        let refs: Vec<&[u8]> = imgs.iter().map(|v| v.as_slice()).collect();
+        for norm in [
+            Normalisation::Imagenet,
+            Normalisation::CaffeBgr,
+            Normalisation::TfLite,
+        ] {
+            let want = to_nchw(&refs, w, h, norm);
+            let got = to_nchw_on(&refs, w, h, norm, &Device::Cpu, DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            assert_eq!(got, want, "{norm:?}");
+        }
+    }
 
     /// One 2x1 image, pixels (R, G, B) = (10, 20, 30) and (200, 100, 0), through each
     /// normalisation, against the formulas written out by hand.
