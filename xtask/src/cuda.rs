@@ -77,7 +77,10 @@ pub fn stubs_dir() -> PathBuf {
 /// What the stamp of a complete install records: the pins and the stubs' source.
 fn stamp_text(cudarc: &Path) -> String {
     let mut s: String = WHEELS.iter().map(|(w, h)| format!("{w} {h}\n")).collect();
-    s += &format!("stubs (4: soname links, error texts) from {}\n", cudarc.display());
+    s += &format!(
+        "stubs (4: soname links, error texts) from {}\n",
+        cudarc.display()
+    );
     s
 }
 
@@ -106,22 +109,8 @@ pub fn toolchain() -> Result<PathBuf> {
             .map(|(w, h)| format!("{w} --hash=sha256:{h}\n"))
             .collect::<String>(),
     )?;
-    let st = Command::new("python3")
-        .args([
-            "-m",
-            "pip",
-            "download",
-            "-q",
-            "--no-deps",
-            "--only-binary",
-            ":all:",
-        ])
-        .args(["--require-hashes", "-r"])
-        .arg(&req)
-        .arg("-d")
-        .arg(&wheels)
-        .status()
-        .context("running python3 -m pip (needed to fetch the CUDA compiler wheels)")?;
+    let req_s = req.to_string_lossy();
+    let st = crate::pip_download(&["--require-hashes", "-r", &req_s], &wheels)?;
     if !st.success() {
         bail!(
             "could not download the CUDA 13.0 wheels with pip ({}); on a cluster with its own \
@@ -529,19 +518,7 @@ pub fn bundle(args: &[String]) -> Result<()> {
         out.join("lib/libcudart.so.13"),
     )?;
     std::fs::write(out.join("peer/featurize_peer.py"), PEER_PY)?;
-    let st = Command::new("python3")
-        .args([
-            "-m",
-            "pip",
-            "download",
-            "-q",
-            "--no-deps",
-            "--only-binary",
-            ":all:",
-        ])
-        .args(["efficientnet-lite-pytorch==0.1.0", "-d"])
-        .arg(out.join("peer"))
-        .status()?;
+    let st = crate::pip_download(&["efficientnet-lite-pytorch==0.1.0"], &out.join("peer"))?;
     if !st.success() {
         bail!("pip could not download efficientnet-lite-pytorch==0.1.0 (the peer's Lite0)");
     }

