@@ -214,3 +214,45 @@ fn the_papers_pipeline_is_valid_and_says_what_it_lacks() {
         "names the missing file: {err}"
     );
 }
+
+/// Logs a job log and a log collector can read: no colour codes when stderr is not a
+/// terminal (job logs, files, pipes), JSON objects with `--log-format json`, and an error's
+/// causes each said once (`(os error 2)` used to come twice).
+#[test]
+fn logs_are_plain_or_json_off_a_terminal_and_errors_say_each_cause_once() {
+    let t = tempfile::tempdir().unwrap();
+    let mut csv = String::from("IMG_FILE,LAT,LON\n");
+    for i in 0..10 {
+        csv.push_str(&format!("p{i}.jpg,48.{i:02},2.35\n"));
+    }
+    std::fs::write(t.path().join("p.csv"), csv).unwrap();
+    std::fs::write(
+        t.path().join("p.toml"),
+        "[pipeline]\nname = 'p'\nruns_dir = 'runs'\n[stages.ingest]\nkind = 'ingest'\n\
+         [stages.ingest.config]\n[[stages.ingest.config.sources]]\nformat = 'csv'\npath = 'p.csv'\n",
+    )
+    .unwrap();
+    let args = ["run", "p.toml", "--force"];
+    let text = stderr(&geoloc(&args, t.path(), &[], true));
+    assert!(text.contains("INFO") && text.contains("running"), "{text}");
+    assert!(!text.contains('\u{1b}'), "colour codes in a pipe: {text:?}");
+    let mut json_args = args.to_vec();
+    json_args.extend(["--log-format", "json"]);
+    let json = stderr(&geoloc(&json_args, t.path(), &[], true));
+    let lines: Vec<&str> = json.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty());
+    for l in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        assert!(
+            v["level"].is_string() && v["fields"]["message"].is_string(),
+            "{l}"
+        );
+    }
+    let err = stderr(&geoloc(&["status", "nowhere.toml"], t.path(), &[], false));
+    assert_eq!(err.matches("(os error 2)").count(), 1, "{err}");
+    assert!(
+        err.starts_with("error: ") && err.contains("nowhere.toml"),
+        "{err}"
+    );
+}

@@ -35,8 +35,24 @@ struct Cli {
     /// No progress bars.
     #[arg(long, global = true)]
     no_progress: bool,
+    /// Log lines as text (colours only on a terminal, never with NO_COLOR set) or as JSON
+    /// objects, one per line, for a log collector.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "GEOLOC_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -436,11 +452,38 @@ fn init_logging(cli: &Cli) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+        .with_target(false);
+    match cli.log_format {
+        LogFormat::Json => fmt.json().with_current_span(false).init(),
+        LogFormat::Text => fmt.with_ansi(colour(&std::env::var_os("NO_COLOR"))).init(),
+    }
+}
+
+/// Colour codes only where a person reads a terminal: not in files (job logs), and never
+/// with `NO_COLOR` set to anything but the empty string (no-color.org).
+fn colour(no_color: &Option<std::ffi::OsString>) -> bool {
+    use std::io::IsTerminal as _;
+    no_color.as_ref().is_none_or(|v| v.is_empty()) && std::io::stderr().is_terminal()
+}
+
+/// An error and its causes on one line, `a: b: c`, leaving out a cause whose text the line
+/// already holds (an error that prints its source would otherwise show it twice).
+fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 /// mimalloc hands freed memory back to the OS after 10 ms by default. The stages free and
@@ -465,7 +508,7 @@ fn main() -> ExitCode {
     match real_main(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_line(&e));
             if matches!(
                 e.downcast_ref::<geoloc_train::Error>(),
                 Some(geoloc_train::Error::OutOfTime { .. })
