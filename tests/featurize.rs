@@ -317,3 +317,42 @@ fn featurize_errors_name_the_fix() {
     assert_eq!(ds.manifest.info.metadata["random_init"], true);
     assert_eq!(ds.manifest.info.config["batch"], 4);
 }
+
+/// `geoloc run --force` recomputes: a forced rerun of a committed featurize instance keeps
+/// none of its parts (it used to keep them all and compute nothing), and gives the same
+/// features; without --force a fresh instance is skipped.
+#[test]
+fn run_force_recomputes_featurize_instead_of_keeping_its_parts() {
+    let p = demo_project(200);
+    let root = p.path();
+    for inst in ["ingest", "squash150x90", "hog"] {
+        geoloc(&["run", PIPE, "--only", inst], root, &[], true);
+    }
+    let dir = root.join("runs/demo/hog");
+    let before = keys(&features(&dir));
+    let checksum = |d: &Path| {
+        Manifest::load(d)
+            .unwrap()
+            .column_checksum("feature")
+            .unwrap()
+            .to_owned()
+    };
+    let sum_before = checksum(&dir);
+    let skipped = stdout(&geoloc(&["run", PIPE, "--only", "hog"], root, &[], true));
+    assert!(skipped.contains("hog: fresh"), "{skipped}");
+    let forced = stdout(&geoloc(
+        &["run", PIPE, "--only", "hog", "--force"],
+        root,
+        &[],
+        true,
+    ));
+    let n = before.len();
+    assert!(
+        forced.contains(&format!(
+            "{n} rows of 12096 features ({n} computed, 0 kept from an earlier run)"
+        )),
+        "{forced}"
+    );
+    assert_eq!(keys(&features(&dir)), before);
+    assert_eq!(checksum(&dir), sum_before);
+}

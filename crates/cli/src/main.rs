@@ -67,7 +67,8 @@ enum Cmd {
         /// Run this instance and everything downstream of it.
         #[arg(long)]
         downstream: Option<String>,
-        /// Rerun the selected instances even when fresh.
+        /// Rerun the selected instances even when fresh, computing everything again (without
+        /// it, featurize keeps the parts and train the checkpoint a killed run left).
         #[arg(long)]
         force: bool,
         /// Write instance outputs here instead of the pipeline's runs_dir.
@@ -1006,6 +1007,7 @@ fn stage_cmd(kind: &str, a: StageArgs, overrides: toml::Table, progress: bool) -
         shard,
         build: build_id(),
         progress,
+        recompute: false,
     };
     let stage = geoloc_cli::stages::lookup(kind)?;
     stage

@@ -86,6 +86,7 @@ impl Runner {
             shard,
             build: self.build.clone(),
             progress: self.progress,
+            recompute: false,
         }
     }
 
@@ -238,7 +239,8 @@ impl Runner {
             }
             tracing::info!(instance = %name, state = %st, "running");
             let t0 = Instant::now();
-            let summary = self.run_instance(&name, Shard::ALL)?;
+            // --force recomputes: nothing a killed earlier run left is kept.
+            let summary = self.run_shard(&name, Shard::ALL, sel.force)?;
             self.finalize_instance(&name, 1)?;
             let secs = t0.elapsed().as_secs_f64();
             tracing::info!(instance = %name, seconds = format!("{secs:.2}"), "{summary}");
@@ -248,15 +250,25 @@ impl Runner {
         Ok(report)
     }
 
-    /// Runs one shard of one instance (no finalize). Returns the stage's summary line.
+    /// Runs one shard of one instance (no finalize), resuming what a killed run of the same
+    /// fingerprint left. Returns the stage's summary line.
     pub fn run_instance(&self, name: &str, shard: Shard) -> Result<String> {
+        self.run_shard(name, shard, false)
+    }
+
+    /// Runs one shard of one instance (no finalize); `recompute`: keep nothing an earlier
+    /// run left ([`Context::recompute`]).
+    pub fn run_shard(&self, name: &str, shard: Shard, recompute: bool) -> Result<String> {
         let (decl, stage) = self.stage(name)?;
         fault_drill(name, shard)?;
         let inputs = match self.input_manifests(name)? {
             Ok(m) => m,
             Err(i) => bail!("instance `{name}` reads `{i}`, which has no committed output"),
         };
-        let ctx = self.context(name, shard);
+        let ctx = Context {
+            recompute,
+            ..self.context(name, shard)
+        };
         stage
             .run(decl, &ctx, &inputs)
             .with_context(|| format!("instance `{name}` ({}) shard {shard}", decl.kind))

@@ -399,9 +399,35 @@ impl DatasetWriter {
         opts: WriterOptions,
         resume_key: &str,
     ) -> Result<(Self, u64)> {
+        Self::open_resumable(dir, schema, shard, opts, resume_key, true)
+    }
+
+    /// Like [`DatasetWriter::resume`], keeping nothing: every file of this shard is removed
+    /// (a recompute), and the parts written now carry `resume_key` for a later resume.
+    pub fn restart(
+        dir: &Path,
+        schema: DatasetSchema,
+        shard: Shard,
+        opts: WriterOptions,
+        resume_key: &str,
+    ) -> Result<Self> {
+        Self::open_resumable(dir, schema, shard, opts, resume_key, false).map(|(w, _)| w)
+    }
+
+    fn open_resumable(
+        dir: &Path,
+        schema: DatasetSchema,
+        shard: Shard,
+        opts: WriterOptions,
+        resume_key: &str,
+        keep_parts: bool,
+    ) -> Result<(Self, u64)> {
         fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let mut kept = Vec::new();
         for seq in 0.. {
+            if !keep_parts {
+                break;
+            }
             let st = stem(shard, seq);
             let sidecar: PartSidecar = match fs::read(dir.join(format!("part-{st}.json")))
                 .ok()

@@ -17,6 +17,10 @@ pub struct Context {
     pub build: String,
     /// Draw progress bars (on a terminal).
     pub progress: bool,
+    /// Compute everything again: keep nothing an earlier run of the same fingerprint left
+    /// (featurize's closed parts, train's checkpoints). `geoloc run --force` sets it; without
+    /// it a stage resumes where a killed run stopped.
+    pub recompute: bool,
 }
 
 impl Context {

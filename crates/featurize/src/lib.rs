@@ -257,8 +257,12 @@ pub fn run(cfg: &Config, ctx: &Context, images: &Input) -> Result<Summary, Error
         part_cap_bytes: cfg.part_cap_mb.unwrap_or(256) << 20,
         ..Default::default()
     };
-    let (mut writer, done) =
-        DatasetWriter::resume(&ctx.out_dir, out_schema.clone(), ctx.shard, wopts, &key)?;
+    let (mut writer, done) = if ctx.recompute {
+        let w = DatasetWriter::restart(&ctx.out_dir, out_schema.clone(), ctx.shard, wopts, &key)?;
+        (w, 0)
+    } else {
+        DatasetWriter::resume(&ctx.out_dir, out_schema.clone(), ctx.shard, wopts, &key)?
+    };
     let todo = (range.start + done.min(range.end - range.start))..range.end;
     let mut summary = Summary {
         rows: range.end - range.start,
@@ -439,6 +443,7 @@ mod tests {
             shard: geoloc_core::shard::Shard::new(0, 1).unwrap(),
             build: String::new(),
             progress: false,
+            recompute: false,
         };
         let c: Config = toml::from_str("backbone = 'lite0'").unwrap();
         let e = weights_source(&c, &ctx).unwrap_err().to_string();

@@ -945,7 +945,11 @@ pub fn run(cfg: &Config, ctx: &Context, ins: &[Input]) -> Result<Summary, Error>
     let mut best: Metrics;
     let mut since_best = 0;
     let mut start = 1;
-    let resumed = read_checkpoint(dir, &key);
+    let resumed = if ctx.recompute {
+        None
+    } else {
+        read_checkpoint(dir, &key)
+    };
     if let Some((st, tensors)) = resumed {
         let params = |n: &str| tensors.get(&format!("param.{n}")).cloned();
         let opt = |n: &str| tensors.get(&format!("opt.{n}")).cloned();

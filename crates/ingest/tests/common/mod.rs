@@ -44,6 +44,7 @@ pub fn context(root: &Path, out: &Path, shard: Shard) -> Context {
         shard,
         build: "test".into(),
         progress: false,
+        recompute: false,
     }
 }
 

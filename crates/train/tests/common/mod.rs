@@ -153,6 +153,7 @@ pub fn context(out: &Path) -> Context {
         shard: Shard::ALL,
         build: "test".into(),
         progress: false,
+        recompute: false,
     }
 }
 
