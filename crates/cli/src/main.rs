@@ -45,8 +45,24 @@ struct Cli {
         default_value = "text"
     )]
     log_format: LogFormat,
+    /// When another run is writing the same instance (or shard): refuse, naming it, or wait
+    /// for it to end.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "GEOLOC_IF_LOCKED",
+        default_value = "refuse"
+    )]
+    if_locked: IfLocked,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum IfLocked {
+    Refuse,
+    Wait,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -506,6 +522,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
 
     init_logging(&cli);
+    geoloc_core::lock::set_mode(match cli.if_locked {
+        IfLocked::Refuse => geoloc_core::lock::IfLocked::Refuse,
+        IfLocked::Wait => geoloc_core::lock::IfLocked::Wait,
+    });
     match real_main(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -1013,6 +1033,8 @@ fn stage_cmd(kind: &str, a: StageArgs, overrides: toml::Table, progress: bool) -
     stage
         .config_json(&decl, &ctx)
         .with_context(|| format!("parsing {}", cfg_path.display()))?;
+    // One writer per output (and shard), held through the run and the commit.
+    let _held = geoloc_core::lock::for_shard(&out, shard)?;
     let summary = stage.run(&decl, &ctx, &inputs)?;
     println!("shard {shard}: {summary}");
     if shard.is_all() && !a.no_finalize {

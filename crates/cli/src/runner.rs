@@ -239,9 +239,12 @@ impl Runner {
             }
             tracing::info!(instance = %name, state = %st, "running");
             let t0 = Instant::now();
+            // One writer: the instance's lock, held through the run and the commit.
+            let _held = geoloc_core::lock::for_instance(&self.pipeline.instance_dir(&name))
+                .with_context(|| format!("instance `{name}`"))?;
             // --force recomputes: nothing a killed earlier run left is kept.
-            let summary = self.run_shard(&name, Shard::ALL, sel.force)?;
-            self.finalize_instance(&name, 1)?;
+            let summary = self.run_shard_unlocked(&name, Shard::ALL, sel.force)?;
+            self.finalize_unlocked(&name, 1)?;
             let secs = t0.elapsed().as_secs_f64();
             tracing::info!(instance = %name, seconds = format!("{secs:.2}"), "{summary}");
             report.push((name.clone(), format!("ran in {secs:.2}s: {summary}")));
@@ -256,9 +259,16 @@ impl Runner {
         self.run_shard(name, shard, false)
     }
 
-    /// Runs one shard of one instance (no finalize); `recompute`: keep nothing an earlier
-    /// run left ([`Context::recompute`]).
+    /// Runs one shard of one instance (no finalize), holding its locks
+    /// ([`geoloc_core::lock::for_shard`]); `recompute`: keep nothing an earlier run left
+    /// ([`Context::recompute`]).
     pub fn run_shard(&self, name: &str, shard: Shard, recompute: bool) -> Result<String> {
+        let _held = geoloc_core::lock::for_shard(&self.pipeline.instance_dir(name), shard)
+            .with_context(|| format!("instance `{name}` shard {shard}"))?;
+        self.run_shard_unlocked(name, shard, recompute)
+    }
+
+    fn run_shard_unlocked(&self, name: &str, shard: Shard, recompute: bool) -> Result<String> {
         let (decl, stage) = self.stage(name)?;
         fault_drill(name, shard)?;
         let inputs = match self.input_manifests(name)? {
@@ -274,8 +284,15 @@ impl Runner {
             .with_context(|| format!("instance `{name}` ({}) shard {shard}", decl.kind))
     }
 
-    /// Commits an instance whose `shards` shards have all run.
+    /// Commits an instance whose `shards` shards have all run, holding the instance's lock
+    /// (refused while a shard still writes).
     pub fn finalize_instance(&self, name: &str, shards: u32) -> Result<Manifest> {
+        let _held = geoloc_core::lock::for_instance(&self.pipeline.instance_dir(name))
+            .with_context(|| format!("finalizing `{name}`"))?;
+        self.finalize_unlocked(name, shards)
+    }
+
+    fn finalize_unlocked(&self, name: &str, shards: u32) -> Result<Manifest> {
         let (decl, stage) = self.stage(name)?;
         let inputs = match self.input_manifests(name)? {
             Ok(m) => m,

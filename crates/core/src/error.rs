@@ -44,6 +44,12 @@ pub enum Error {
     /// A pipeline or stage configuration is invalid.
     #[error("config: {0}")]
     Config(String),
+    /// Another run holds the lock of what this run would write (see [`crate::lock`]).
+    #[error(
+        "{dir} is being written by {holder}; let it finish (or stop it), or rerun with \
+         --if-locked wait"
+    )]
+    Locked { dir: PathBuf, holder: String },
     /// A `--shard i/N` value (or the scheduler's environment) is invalid.
     #[error("shard: {0}")]
     Shard(String),

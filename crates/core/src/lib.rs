@@ -21,6 +21,7 @@ pub mod error;
 pub mod fingerprint;
 pub mod fixtures;
 pub mod geo;
+pub mod lock;
 pub mod parquet_writer;
 pub mod rng;
 pub mod schema;
