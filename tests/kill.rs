@@ -26,7 +26,27 @@ fn kill_then_rerun(
     open: impl Fn(&Path) -> Result<Value, String>,
     prepare: impl Fn(&Path),
 ) -> Vec<u64> {
-    let pipe = "pipelines/demo.toml";
+    kill_then_rerun_in(
+        root,
+        "pipelines/demo.toml",
+        instance,
+        delays,
+        reference,
+        open,
+        prepare,
+    )
+}
+
+/// [`kill_then_rerun`] on another pipeline file of the project.
+fn kill_then_rerun_in(
+    root: &Path,
+    pipe: &str,
+    instance: &str,
+    delays: &[u64],
+    reference: &Value,
+    open: impl Fn(&Path) -> Result<Value, String>,
+    prepare: impl Fn(&Path),
+) -> Vec<u64> {
     let mut refused = Vec::new();
     for &delay_ms in delays {
         let out = root.join(format!("killed-{delay_ms}"));
@@ -199,5 +219,53 @@ fn killed_featurize_and_train_are_refused_then_rerun_equals_an_uninterrupted_run
         &reference,
         model_result,
         |out| copy(out, &["ingest", "squash150x90", "hog"]),
+    );
+}
+
+/// An evaluation's result: its files' checksums (metrics, predictions, run files, report and
+/// plots), as its manifest lists them.
+fn evaluation_result(dir: &Path) -> Result<Value, String> {
+    let m = geoloc_evaluate::open(dir).map_err(|e| e.to_string())?;
+    Ok(json!({"fingerprint": m.info.fingerprint, "files": m.info.metadata["files"]}))
+}
+
+/// evaluate (the HOG + SVM head on the demo's test split, its report and plots) killed at
+/// several moments: refused until committed, and a rerun writes every file as an
+/// uninterrupted run does.
+#[test]
+fn killed_evaluate_is_refused_then_rerun_equals_an_uninterrupted_run() {
+    let p = support::demo_project(800);
+    let root = p.path();
+    // The demo pipeline with evaluate over the HOG head only (no Lite0 needed).
+    let demo = std::fs::read_to_string(root.join("pipelines/demo.toml")).unwrap();
+    let all = r#"inputs = ["ingest", "lite0", "hog", "squash52x48", "country", "latlon", "geocells", "hog_svm", "small_cnn"]"#;
+    assert!(demo.contains(all), "the demo's evaluate inputs changed");
+    let pipe = "pipelines/kill-evaluate.toml";
+    std::fs::write(
+        root.join(pipe),
+        demo.replace(all, r#"inputs = ["ingest", "hog", "hog_svm"]"#),
+    )
+    .unwrap();
+    for i in ["ingest", "squash150x90", "hog", "hog_svm", "evaluate"] {
+        geoloc(
+            &["run", pipe, "--only", i, "--runs-dir", "reference"],
+            root,
+            &[],
+            true,
+        );
+    }
+    let reference = evaluation_result(&root.join("reference/evaluate")).unwrap();
+    kill_then_rerun_in(
+        root,
+        pipe,
+        "evaluate",
+        &[0, 60, 150, 300],
+        &reference,
+        evaluation_result,
+        |out| {
+            for i in ["ingest", "squash150x90", "hog", "hog_svm"] {
+                support::copy_dir(&root.join("reference").join(i), &out.join(i));
+            }
+        },
     );
 }

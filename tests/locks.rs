@@ -139,7 +139,10 @@ fn shards_run_side_by_side_but_one_shard_and_the_finalize_have_one_writer() {
     );
     // And so is a whole run of the instance.
     let err = stderr(&geoloc(&["run", PIPE, "--only", "hog"], root, &[], false));
-    assert!(err.contains("running shards: shard 00000-of-00002"), "{err}");
+    assert!(
+        err.contains("running shards: shard 00000-of-00002"),
+        "{err}"
+    );
     drop(held);
     geoloc(&args("0/2"), root, &[], true);
     geoloc(&fin, root, &[], true);
