@@ -378,6 +378,51 @@ fn gpu_jobs_take_the_gpu_binary_partition_and_image_the_others_the_cpu_ones() {
     }
 }
 
+/// `geoloc slurm --force`: every job recomputes (`--force`), but a train job under a time
+/// limit only on its first start, so that its requeued runs continue from its checkpoint.
+#[test]
+fn slurm_force_recomputes_but_requeued_training_continues() {
+    let t = support::metadata_project(100);
+    let root = t.path();
+    geoloc(
+        &[
+            "slurm",
+            "pipelines/demo.toml",
+            "--force",
+            "--time",
+            "1:00:00",
+            "--out",
+            "sub",
+        ],
+        root,
+        &[],
+        true,
+    );
+    // The script of a job: NN-NAME[.finalize].sbatch.
+    let script = |suffix: &str| -> PathBuf {
+        std::fs::read_dir(root.join("sub"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.file_name().unwrap().to_string_lossy().ends_with(suffix))
+            .unwrap_or_else(|| panic!("no *{suffix}"))
+    };
+    let hog = read(&script("-hog.sbatch"));
+    let exec = hog.lines().find(|l| l.starts_with("exec ")).unwrap();
+    assert!(exec.contains(" --force"), "{hog}");
+    assert!(!read(&script("-hog.finalize.sbatch")).contains("--force"));
+    let train = read(&script("-country.sbatch"));
+    assert!(
+        train.contains(r#"$([ "${SLURM_RESTART_COUNT:-0}" = 0 ] && echo --force)"#),
+        "{train}"
+    );
+    let st = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(script("-country.sbatch"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
 /// The Slurm cluster the tests use, if one answers (`scontrol ping`).
 fn slurm() -> bool {
     let up = std::process::Command::new("scontrol")

@@ -355,4 +355,20 @@ fn run_force_recomputes_featurize_instead_of_keeping_its_parts() {
     );
     assert_eq!(keys(&features(&dir)), before);
     assert_eq!(checksum(&dir), sum_before);
+    // The stage command takes --force too (what `geoloc slurm --force` gives its jobs).
+    let stage = stdout(&geoloc(
+        &[
+            "featurize",
+            "--pipeline",
+            PIPE,
+            "--instance",
+            "hog",
+            "--force",
+        ],
+        root,
+        &[],
+        true,
+    ));
+    assert!(stage.contains(&format!("({n} computed, 0 kept")), "{stage}");
+    assert_eq!(checksum(&dir), sum_before);
 }

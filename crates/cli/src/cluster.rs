@@ -46,6 +46,9 @@ pub struct Plan {
     pub workdir: PathBuf,
     pub runs_dir: Option<PathBuf>,
     pub instances: Vec<Planned>,
+    /// `--force`: every job recomputes (`--force` on its command line), keeping nothing an
+    /// earlier run left.
+    pub force: bool,
 }
 
 fn absolute(p: &Path) -> Result<PathBuf> {
@@ -90,6 +93,7 @@ pub fn plan(pipeline: &Path, runs_dir: Option<PathBuf>, force: bool) -> Result<P
         workdir: std::env::current_dir().context("the current directory")?,
         runs_dir: runs_dir.map(|d| absolute(&d)).transpose()?,
         instances,
+        force,
     })
 }
 
@@ -196,6 +200,9 @@ fn command(plan: &Plan, p: &Planned, finalize: bool, o: &JobOptions) -> Vec<Stri
         if p.sharded {
             c.push("--no-finalize".into());
         }
+        if plan.force {
+            c.push("--force".into());
+        }
         if o.on_gpu(p, false) {
             c.extend(["--device".into(), "cuda".into()]);
         }
@@ -293,6 +300,18 @@ fn sbatch_script(
     if train_requeue {
         let limit = slurm_seconds(s.time.as_deref().unwrap_or_default())?;
         let budget = train_budget(limit);
+        // A forced training recomputes on its first start only: its requeued runs continue
+        // from the checkpoint the first wrote (Slurm counts restarts).
+        let cmd: Vec<String> = cmd
+            .into_iter()
+            .map(|a| {
+                if a == "--force" {
+                    "$([ \"${SLURM_RESTART_COUNT:-0}\" = 0 ] && echo --force)".to_owned()
+                } else {
+                    a
+                }
+            })
+            .collect();
         let _ = writeln!(
             t,
             "# Under the time limit ({limit} s): train for {budget} s, checkpoint, and requeue\n\

@@ -250,6 +250,10 @@ struct StageArgs {
     /// Do not commit after the run even when this is the only shard.
     #[arg(long)]
     no_finalize: bool,
+    /// Compute everything again: keep nothing a killed earlier run left (featurize's closed
+    /// parts, train's checkpoint). `geoloc slurm --force` gives it to its jobs.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Args)]
@@ -978,7 +982,7 @@ fn stage_cmd(kind: &str, a: StageArgs, overrides: toml::Table, progress: bool) -
             );
         }
         amend(&mut decl.config);
-        let summary = r.run_instance(inst, shard)?;
+        let summary = r.run_shard(inst, shard, a.force)?;
         println!("{inst} shard {shard}: {summary}");
         if shard.is_all() && !a.no_finalize {
             let m = r.finalize_instance(inst, 1)?;
@@ -1027,7 +1031,7 @@ fn stage_cmd(kind: &str, a: StageArgs, overrides: toml::Table, progress: bool) -
         shard,
         build: build_id(),
         progress,
-        recompute: false,
+        recompute: a.force,
     };
     let stage = geoloc_cli::stages::lookup(kind)?;
     stage
