@@ -31,7 +31,7 @@ fn spawn(root: &Path, args: &[&str]) -> Child {
 fn wait_until_locked(dir: &Path, child: &mut Child) {
     let t0 = Instant::now();
     loop {
-        let f = std::fs::File::open(lock::paths(dir, None));
+        let f = std::fs::File::open(lock::path(dir, None));
         if f.is_ok_and(|f| matches!(f.try_lock_shared(), Err(std::fs::TryLockError::WouldBlock))) {
             return;
         }
@@ -68,6 +68,10 @@ fn a_second_run_is_refused_naming_the_holder_or_waits_for_it() {
     ));
     let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error")).collect();
     assert_eq!(lines.len(), 1, "one error line: {err}");
+    assert!(
+        !err.contains("running"),
+        "a refused run does not say it runs: {err}"
+    );
     let pid = format!("pid {}", std::process::id());
     assert!(
         lines[0].contains("is being written by another run (host ")

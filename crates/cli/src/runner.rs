@@ -237,11 +237,12 @@ impl Runner {
             if let Err(i) = self.input_manifests(&name)? {
                 bail!("instance `{name}` reads `{i}`, which has no committed output: run it first (drop --only, or use --downstream {i})");
             }
-            tracing::info!(instance = %name, state = %st, "running");
-            let t0 = Instant::now();
-            // One writer: the instance's lock, held through the run and the commit.
+            // One writer: the instance's lock, held through the run and the commit (taken
+            // first, so that a refused run does not say it is running).
             let _held = geoloc_core::lock::for_instance(&self.pipeline.instance_dir(&name))
                 .with_context(|| format!("instance `{name}`"))?;
+            tracing::info!(instance = %name, state = %st, "running");
+            let t0 = Instant::now();
             // --force recomputes: nothing a killed earlier run left is kept.
             let summary = self.run_shard_unlocked(&name, Shard::ALL, sel.force)?;
             self.finalize_unlocked(&name, 1)?;

@@ -55,8 +55,8 @@ pub struct Held {
     _files: Vec<File>,
 }
 
-/// The lock files of the instance writing `out_dir`: the instance's, and shard `shard`'s.
-pub fn paths(out_dir: &Path, shard: Option<Shard>) -> PathBuf {
+/// The lock file of the instance writing `out_dir` (`shard: None`), or of one of its shards.
+pub fn path(out_dir: &Path, shard: Option<Shard>) -> PathBuf {
     let name = out_dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -78,8 +78,8 @@ pub fn for_shard(out_dir: &Path, shard: Shard) -> Result<Held> {
     if shard.count <= 1 {
         return for_instance(out_dir);
     }
-    let instance = take(out_dir, &paths(out_dir, None), false)?;
-    let own = take(out_dir, &paths(out_dir, Some(shard)), true)?;
+    let instance = take(out_dir, &path(out_dir, None), false)?;
+    let own = take(out_dir, &path(out_dir, Some(shard)), true)?;
     Ok(Held {
         _files: vec![instance, own],
     })
@@ -88,7 +88,7 @@ pub fn for_shard(out_dir: &Path, shard: Shard) -> Result<Held> {
 /// The instance's lock, exclusive: a whole run, or a finalize (which must not commit while
 /// a shard still writes).
 pub fn for_instance(out_dir: &Path) -> Result<Held> {
-    let f = take(out_dir, &paths(out_dir, None), true)?;
+    let f = take(out_dir, &path(out_dir, None), true)?;
     Ok(Held { _files: vec![f] })
 }
 
@@ -172,7 +172,7 @@ fn describe(path: &Path) -> Option<String> {
 /// Who holds the locks of the instance writing `out_dir` (the lock `wanted` was refused):
 /// the instance lock's exclusive holder, or the shards that hold theirs.
 fn holders(out_dir: &Path, wanted: &Path) -> String {
-    let instance = paths(out_dir, None);
+    let instance = path(out_dir, None);
     let mut found = Vec::new();
     // Shard locks held now are the shards running now.
     let prefix = format!(
