@@ -409,6 +409,13 @@ fn read_truth(input: &Input) -> Result<Truth, Error> {
             _ => {}
         }
     })?;
+    let unlocated = t.coords.iter().filter(|c| c.is_none()).count();
+    if unlocated > 0 {
+        tracing::info!(
+            "evaluate: {unlocated} of {} test photos have no coordinates (a country label only): scored for the country, left out of the distance metrics",
+            t.ids.len()
+        );
+    }
     t.train_class_locations = per_class.iter().map(SphericalMean::finish).collect();
     t.train_mean = all.finish();
     Ok(t)

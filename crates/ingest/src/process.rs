@@ -36,6 +36,10 @@ struct Raw {
     user: Option<String>,
     coords: Option<(f64, f64)>,
     country: Option<String>,
+    /// The ISO 3166-1 alpha-2 code the source states (a CSV country column). It labels rows
+    /// without coordinates for the country task, and rows whose coordinates fall where the
+    /// boundaries know no country.
+    stated_code: Option<String>,
     place: Option<String>,
     image: Option<String>,
     media: Media,
@@ -102,9 +106,14 @@ impl Enricher<'_> {
                 r.coords = t.get(&r.id).copied();
             }
         }
+        let stated = r.stated_code.take();
         let (lat, lon, country_code) = match r.coords {
             Some((lat, lon)) => match LatLon::new(lat, lon) {
-                Ok(p) => (Some(lat), Some(lon), geoloc_core::country::country_code(p)),
+                Ok(p) => (
+                    Some(lat),
+                    Some(lon),
+                    geoloc_core::country::country_code(p).or(stated),
+                ),
                 Err(e @ CoordError::NullIsland) => {
                     return reject(
                         &self.input,
@@ -124,6 +133,9 @@ impl Enricher<'_> {
                     )
                 }
             },
+            // A stated country and no coordinates: a row for the country task (location tasks
+            // skip it, saying so).
+            None if stated.is_some() => (None, None, stated),
             None => {
                 if !self.cfg.keep_unlocated && self.fixed_split != Some(Split::Test) {
                     let why = r
@@ -189,6 +201,7 @@ impl Enricher<'_> {
                         media: r.media,
                         line: Some(line_no),
                         no_coords_why: None,
+                        stated_code: None,
                     }
                 }
                 Err(e) => return self.line_error(line_no, e),
@@ -204,6 +217,7 @@ impl Enricher<'_> {
                     media: r.media,
                     line: Some(line_no),
                     no_coords_why: None,
+                    stated_code: None,
                 },
                 Err(e) => return self.line_error(line_no, e),
             },
@@ -218,6 +232,7 @@ impl Enricher<'_> {
                     media: Media::Photo,
                     line: Some(line_no),
                     no_coords_why: None,
+                    stated_code: None,
                 },
                 Err(e) => return self.line_error(line_no, e),
             },
@@ -446,17 +461,32 @@ impl<'a> Sources<'a> {
                 .map(|(line, rec)| match rec {
                     Err(e) => reject(&en.input, *line, None, "bad-csv", e.clone()),
                     Ok(rec) => match formats::csv::parse_record(&cols, rec) {
-                        Ok(row) => en.enrich(Raw {
-                            image: None,
-                            id: row.id,
-                            user: row.user,
-                            coords: row.coords,
-                            country: None,
-                            place: None,
-                            media: Media::Photo,
-                            line: *line,
-                            no_coords_why: None,
-                        }),
+                        Ok(row) => {
+                            let stated = row.country.as_deref().and_then(formats::csv::alpha2);
+                            if let (None, None, Some(c)) = (row.coords, &stated, &row.country) {
+                                return reject(
+                                    &en.input,
+                                    *line,
+                                    Some(row.id),
+                                    "bad-country",
+                                    format!(
+                                        "country {c:?} is not an ISO 3166-1 alpha-2 code, and the row has no coordinates"
+                                    ),
+                                );
+                            }
+                            en.enrich(Raw {
+                                image: None,
+                                id: row.id,
+                                user: row.user,
+                                coords: row.coords,
+                                country: row.country,
+                                stated_code: stated,
+                                place: None,
+                                media: Media::Photo,
+                                line: *line,
+                                no_coords_why: None,
+                            })
+                        }
                         Err(e) => en.line_error(line.unwrap_or(0), e),
                     },
                 })
@@ -511,6 +541,7 @@ impl<'a> Sources<'a> {
                         media: Media::Photo,
                         line: None,
                         no_coords_why: why,
+                        stated_code: None,
                     })
                 })
                 .collect();

@@ -128,3 +128,92 @@ fn yfcc_join_fills_users_and_yfcc_source_reads() {
     assert_eq!(rejects[0].reason, "no-coordinates");
     assert_eq!(rejects[0].id.as_deref(), Some("6162540254"));
 }
+
+#[test]
+fn country_column_without_coordinates_labels_rows_for_the_country_task() {
+    // OSV-5M's header (`../shared/data/formats`, block 10) with its `country` column; rows with
+    // coordinates take the code of where they are, rows without take the column's code; a
+    // country-only file (classification collections) ingests the same way.
+    let t = tempfile::tempdir().unwrap();
+    let header = "id,latitude,longitude,thumb_original_url,country,sequence,captured_at,lon_bin,\
+                  lat_bin,cell,region,sub-region,city,land_cover,road_index,drive_side,climate,soil,\
+                  dist_sea,quadtree_10_5000,quadtree_10_25000,quadtree_10_1000,quadtree_10_50000,\
+                  quadtree_10_12500,quadtree_10_500,quadtree_10_2500,unique_region,\
+                  unique_sub-region,unique_city,unique_country,creator_username,creator_id";
+    let width = header.split(',').count();
+    let row = |id: &str, lat: &str, lon: &str, cc: &str| {
+        let mut f = vec![String::new(); width];
+        f[0] = id.into();
+        f[1] = lat.into();
+        f[2] = lon.into();
+        f[4] = cc.into();
+        f[29] = "XX".into(); // unique_country: not the column read
+        f.join(",")
+    };
+    let body = [
+        row("1001", "48.8566", "2.3522", "FR"),
+        // Coordinates win over the column (the code of where the photo is).
+        row("1002", "45.4642", "9.19", "fr"),
+        row("1003", "", "", "nz"),
+        row("1004", "", "", "France"),
+        row("1005", "", "", ""),
+    ]
+    .join("\n");
+    write(t.path(), "osv.csv", &format!("{header}\n{body}\n"));
+    write(
+        t.path(),
+        "labels.csv",
+        "image,country\na.jpg,DE\nb.jpg, it \n",
+    );
+    let cfg = common::config(
+        "[[sources]]\nformat = 'csv'\npath = 'osv.csv'\n\
+         [[sources]]\nformat = 'csv'\npath = 'labels.csv'\n",
+    );
+    let (_, rows, rejects) = common::ingest(&cfg, t.path(), &t.path().join("out"), 1);
+    type Got<'a> = (&'a str, Option<f64>, Option<&'a str>, Option<&'a str>);
+    let got: Vec<Got> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.id.as_str(),
+                r.lat,
+                r.country_code.as_deref(),
+                r.country.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("1001", Some(48.8566), Some("FR"), Some("FR")),
+            ("1002", Some(45.4642), Some("IT"), Some("fr")),
+            ("1003", None, Some("NZ"), Some("nz")),
+            ("a.jpg", None, Some("DE"), Some("DE")),
+            ("b.jpg", None, Some("IT"), Some("it")),
+        ]
+    );
+    let why: Vec<(Option<u64>, &str)> = rejects
+        .iter()
+        .map(|r| (r.line, r.reason.as_str()))
+        .collect();
+    assert_eq!(why, [(Some(5), "bad-country"), (Some(6), "no-coordinates")]);
+    assert!(
+        rejects[0].detail.contains("\"France\""),
+        "{}",
+        rejects[0].detail
+    );
+
+    // Neither coordinates nor a country column: refused with the header named.
+    write(t.path(), "bare.csv", "image,caption\na.jpg,x\n");
+    let cfg = common::config("[[sources]]\nformat = 'csv'\npath = 'bare.csv'\n");
+    let ctx = common::context(
+        t.path(),
+        &t.path().join("o3"),
+        geoloc_core::shard::Shard::ALL,
+    );
+    let e = geoloc_ingest::run(&cfg, &ctx).unwrap_err().to_string();
+    assert!(
+        e.contains("no latitude column") && e.contains("no country column"),
+        "{e}"
+    );
+}

@@ -631,6 +631,24 @@ fn setup(cfg: &Config, ctx: &Context, x_in: &Input, s_in: &Input) -> Result<Setu
         Task::Country => s.label.is_some(),
         _ => s.coords.is_some(),
     };
+    if task != Task::Country {
+        // Rows labelled by a stated country alone (a CSV country column, no coordinates).
+        let unlocated = samples
+            .by_id
+            .values()
+            .filter(|s| s.split < 2 && s.coords.is_none())
+            .count();
+        if unlocated > 0 {
+            tracing::info!(
+                "train: {unlocated} train/val photos of `{}` have no coordinates (a country label only): the {} task skips them",
+                s_in.name,
+                match task {
+                    Task::Latlon => "latlon",
+                    _ => "geocell",
+                }
+            );
+        }
+    }
     let memory = cfg.memory_mb.unwrap_or(4096) << 20;
     std::fs::create_dir_all(&ctx.out_dir).map_err(|e| Error::io(&ctx.out_dir, e))?;
     let (joined, dim) = data::join(x_in, &samples, keep, memory, &ctx.out_dir)?;

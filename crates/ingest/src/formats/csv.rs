@@ -1,5 +1,9 @@
 //! CSV files with a header (im2gps / MP-16 `IMG_ID,AUTHOR,LAT,LON,...`; GeoCLIP
-//! `IMG_FILE,LAT,LON`; OSV-5M `id,latitude,longitude,...`).
+//! `IMG_FILE,LAT,LON`; OSV-5M `id,latitude,longitude,...,country,...`).
+//!
+//! A file may also carry a country column (`country`, `country_code`: an ISO 3166-1 alpha-2
+//! code, as OSV-5M's) and no coordinates at all, as classification-only collections do: its
+//! rows serve the country task (see [`CsvRow::country`]).
 //!
 //! Columns are found by name, case-insensitively. Some published files have the latitude and
 //! longitude headers swapped (GeoEstimation's im2gps CSVs before commit 5e091c0 read
@@ -14,9 +18,13 @@ use super::{coord_pair, LineError};
 #[derive(Debug, Clone, PartialEq)]
 pub struct Columns {
     pub id: usize,
-    pub lat: usize,
-    pub lon: usize,
+    /// The latitude and longitude columns; `None` when the file has neither (then it has a
+    /// country column).
+    pub lat: Option<usize>,
+    pub lon: Option<usize>,
     pub user: Option<usize>,
+    /// The country column, when there is one.
+    pub country: Option<usize>,
     /// The header count: rows with another count are rejected.
     pub width: usize,
     /// The id column's header (`IMG_ID`, `IMG_FILE`, ...).
@@ -30,6 +38,7 @@ const ID_NAMES: &[&str] = &[
 ];
 const LAT_NAMES: &[&str] = &["lat", "latitude", "gt_lat"];
 const LON_NAMES: &[&str] = &["lon", "long", "lng", "longitude", "gt_long", "gt_lon"];
+const COUNTRY_NAMES: &[&str] = &["country_code", "country", "countrycode", "country_iso2"];
 const USER_NAMES: &[&str] = &[
     "author",
     "user",
@@ -66,28 +75,42 @@ impl Columns {
                 list()
             )
         })?;
-        let lat = find(headers, LAT_NAMES).ok_or_else(|| {
-            format!(
-                "no latitude column (one of {}) in header {}",
-                LAT_NAMES.join("/"),
-                list()
-            )
-        })?;
-        let lon = find(headers, LON_NAMES).ok_or_else(|| {
-            format!(
-                "no longitude column (one of {}) in header {}",
-                LON_NAMES.join("/"),
-                list()
-            )
-        })?;
+        let country = find(headers, COUNTRY_NAMES);
+        let (lat, lon) = match (find(headers, LAT_NAMES), find(headers, LON_NAMES)) {
+            (Some(a), Some(o)) => (Some(a), Some(o)),
+            (None, None) if country.is_some() => (None, None),
+            (None, _) => {
+                return Err(format!(
+                    "no latitude column (one of {}) in header {}{}",
+                    LAT_NAMES.join("/"),
+                    list(),
+                    if country.is_some() {
+                        ""
+                    } else {
+                        ", and no country column to ingest for the country task instead"
+                    }
+                ))
+            }
+            (_, None) => {
+                return Err(format!(
+                    "no longitude column (one of {}) in header {}",
+                    LON_NAMES.join("/"),
+                    list()
+                ))
+            }
+        };
         let mut cols = Columns {
             id,
             lat,
             lon,
+            country,
             user: find(headers, USER_NAMES),
             width: headers.len(),
             id_name: headers.get(id).unwrap_or_default().to_owned(),
             swapped: false,
+        };
+        let (Some(lat), Some(lon)) = (lat, lon) else {
+            return Ok(cols);
         };
         let (mut n, mut lat_out, mut lon_out) = (0usize, 0usize, 0usize);
         for rec in sample {
@@ -110,8 +133,17 @@ impl Columns {
 pub struct CsvRow {
     pub id: String,
     pub user: Option<String>,
-    /// `(lat, lon)`, `None` when both fields are empty.
+    /// `(lat, lon)`, `None` when both fields are empty (or the file has no such columns).
     pub coords: Option<(f64, f64)>,
+    /// The country column's value, trimmed; `None` when empty or absent.
+    pub country: Option<String>,
+}
+
+/// The ISO 3166-1 alpha-2 code a country field states (`fr`, ` FR ` -> `FR`), or `None` when
+/// it is not two ASCII letters.
+pub fn alpha2(field: &str) -> Option<String> {
+    let f = field.trim();
+    (f.len() == 2 && f.bytes().all(|b| b.is_ascii_alphabetic())).then(|| f.to_ascii_uppercase())
 }
 
 /// Parses one record with the detected columns.
@@ -128,12 +160,26 @@ pub fn parse_record(cols: &Columns, rec: &csv::StringRecord) -> Result<CsvRow, L
         return Err(LineError::new("bad-id", "empty id"));
     }
     let f = |i: usize| rec.get(i).unwrap_or_default().as_bytes();
-    let coords = coord_pair(f(cols.lat), f(cols.lon)).map_err(|e| e.with_id(&id))?;
+    let coords = match (cols.lat, cols.lon) {
+        (Some(a), Some(o)) => coord_pair(f(a), f(o)).map_err(|e| e.with_id(&id))?,
+        _ => None,
+    };
+    let country = cols
+        .country
+        .and_then(|c| rec.get(c))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned);
     let user = cols
         .user
         .and_then(|u| rec.get(u))
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(str::to_owned);
-    Ok(CsvRow { id, user, coords })
+    Ok(CsvRow {
+        id,
+        user,
+        coords,
+        country,
+    })
 }
