@@ -93,7 +93,7 @@ fn main() -> Result<()> {
     let Some(task) = args.first() else {
         eprintln!(
             "usage: cargo xtask <demo|fetch-lite0|run|status|slurm|k8s|bench-ingest|\
-             bench-preprocess|bench-featurize|bench-train|cuda-toolchain|build-cuda|gpu-bundle> ..."
+             bench-preprocess|bench-featurize|bench-train|cuda-toolchain|build-cuda|gpu-bundle|fuzz> ..."
         );
         std::process::exit(2);
     };
@@ -112,12 +112,43 @@ fn main() -> Result<()> {
         "cuda-toolchain" => cuda::toolchain().map(|p| println!("{}", p.display())),
         "build-cuda" => cuda::build(rest).map(|_| ()),
         "gpu-bundle" => cuda::bundle(rest),
+        "fuzz" => fuzz(rest),
         other => bail!(
             "unknown task {other:?}: demo, fetch-lite0, run, status, slurm, k8s, \
              bench-ingest, bench-preprocess, bench-featurize, bench-train, cuda-toolchain, \
-             build-cuda, gpu-bundle"
+             build-cuda, gpu-bundle, fuzz"
         ),
     }
+}
+
+/// `cargo xtask fuzz [--scale N]`: the untrusted-input tests (weight files, metadata lines,
+/// model directories) optimised, with every count multiplied by N (default 20; the test run
+/// uses 1).
+fn fuzz(args: &[String]) -> Result<()> {
+    let scale = flag(args, "--scale").unwrap_or("20");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    for (pkg, test, filter) in [
+        ("geoloc-models", "fuzz", ""),
+        ("geoloc-ingest", "fuzz", ""),
+        ("geoloc-train", "train", "model_directory"),
+    ] {
+        sh(Command::new(&cargo)
+            .current_dir(root())
+            .args([
+                "test",
+                "--release",
+                "-p",
+                pkg,
+                "--test",
+                test,
+                "--",
+                "--nocapture",
+            ])
+            .args((!filter.is_empty()).then_some(filter))
+            .env("GEOLOC_FUZZ_SCALE", scale)
+            .env("RUST_BACKTRACE", "0"))?;
+    }
+    Ok(())
 }
 
 /// The EfficientNet-Lite0 checkpoint's place (as `geoloc_core::fixtures::LITE0_PATH`).

@@ -17,6 +17,7 @@ pub mod efficientnet;
 pub mod googlenet;
 pub mod heads;
 pub mod optim;
+pub mod pickle_guard;
 pub mod predict;
 pub mod trainer;
 pub mod vgg;

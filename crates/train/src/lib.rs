@@ -1206,6 +1206,7 @@ fn read_checkpoint(dir: &Path, key: &str) -> Option<(CheckpointState, HashMap<St
     let p = dir.join(&st.weights_file);
     if st.fingerprint != key
         || !st.weights_file.starts_with("checkpoint-")
+        || st.weights_file.contains(['/', '\\'])
         || geoloc_core::dataset::file_blake3(&p).ok()? != st.weights_blake3
     {
         return None;

@@ -533,3 +533,90 @@ fn a_time_budget_stops_with_a_checkpoint_and_reruns_finish_the_same_model() {
     let card = |d: &str| ModelCard::load(&t.path().join(d)).unwrap();
     assert_eq!(card("whole").best, card("budget").best);
 }
+
+/// `model.json` and `model.safetensors` are files a user may copy, edit or truncate: whatever
+/// their bytes, loading a model directory returns an error or a model, and never panics.
+/// Random edits (proptest) of a trained model's two files, and hand-made values that lie:
+/// dimensions of 2^60, negative counts, class lists longer than the head.
+#[test]
+fn model_directory_edits_are_errors_not_panics() {
+    use geoloc_models::card::LoadedModel;
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config as RunnerConfig, TestRunner};
+    let t = tempfile::tempdir().unwrap();
+    let data = country_data(600, 5);
+    let cfg = config("head = 'mlp'\ntask = 'country'\nhidden = 16\nepochs = 2\nbatch = 100");
+    train_country(t.path(), &data, &cfg, "m");
+    let dir = t.path().join("m");
+    let card = std::fs::read(dir.join("model.json")).unwrap();
+    let weights = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let load = |card: &[u8], weights: &[u8]| {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("model.json"), card).unwrap();
+        std::fs::write(d.path().join("model.safetensors"), weights).unwrap();
+        std::panic::catch_unwind(|| {
+            LoadedModel::load(d.path(), &candle_core::Device::Cpu).map(|_| ())
+        })
+        .map_err(|_| "panicked".to_string())
+    };
+    assert!(load(&card, &weights).unwrap().is_ok());
+
+    // Values that lie, by hand.
+    let text = String::from_utf8(card.clone()).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut lies = 0;
+    for (ptr, bad) in [
+        ("/head/input", serde_json::json!(1u64 << 60)),
+        ("/head/hidden", serde_json::json!(-3)),
+        ("/classes", serde_json::json!(vec!["XX"; 10_000])),
+        ("/class_locations", serde_json::json!([[1e308, -1e308]])),
+        ("/card_version", serde_json::json!(u64::MAX)),
+        ("/head", serde_json::json!("mlp")),
+    ] {
+        let mut w = v.clone();
+        if let Some(slot) = w.pointer_mut(ptr) {
+            *slot = bad;
+            let r = load(&serde_json::to_vec(&w).unwrap(), &weights);
+            assert!(r.is_ok(), "{ptr}: {r:?}");
+            lies += 1;
+        }
+    }
+    assert!(
+        lies >= 4,
+        "the card's fields moved: {lies} of the hand-made lies applied"
+    );
+
+    // Random edits of either file.
+    let cases = 128
+        * std::env::var("GEOLOC_FUZZ_SCALE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1u32);
+    let mut runner = TestRunner::new(RunnerConfig {
+        cases,
+        failure_persistence: None,
+        ..RunnerConfig::default()
+    });
+    let edits =
+        proptest::collection::vec((any::<bool>(), any::<usize>(), any::<u8>(), 0u8..3), 1..8);
+    runner
+        .run(&edits, |edits| {
+            let (mut c, mut w) = (card.clone(), weights.clone());
+            for (in_card, at, byte, kind) in &edits {
+                let b = if *in_card { &mut c } else { &mut w };
+                if b.is_empty() {
+                    continue;
+                }
+                let i = at % b.len();
+                match kind {
+                    0 => b[i] = *byte,
+                    1 => b.insert(i, *byte),
+                    _ => b.truncate(i),
+                }
+            }
+            prop_assert!(load(&c, &w).is_ok(), "{edits:?} panicked");
+            Ok(())
+        })
+        .unwrap();
+    println!("model directory: {cases} random edits and {lies} hand-made lies loaded or refused, none panicked");
+}
