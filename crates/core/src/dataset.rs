@@ -262,16 +262,42 @@ fn tmp_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!(".{name}.tmp"))
 }
 
-/// Writes `bytes` to `dir/name` through a temporary file and a rename.
+/// Writes `bytes` to `dir/name` through a temporary file and a rename. On failure the
+/// temporary file is removed and the error names the file and what it held.
 pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     let tmp = tmp_path(dir, name);
-    {
-        let mut f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
-        f.sync_all().map_err(|e| Error::io(&tmp, e))?;
+    let what = describe(name);
+    let r = (|| -> std::io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    })();
+    if let Err(e) = r {
+        let _ = fs::remove_file(&tmp);
+        return Err(Error::write(what, &tmp, e));
     }
     let dst = dir.join(name);
-    fs::rename(&tmp, &dst).map_err(|e| Error::io(&dst, e))
+    fs::rename(&tmp, &dst).map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        Error::write(what, &dst, e)
+    })
+}
+
+/// What a dataset file holds, for error messages.
+fn describe(name: &str) -> String {
+    if name == MANIFEST {
+        "the manifest".into()
+    } else if name.starts_with("_shard-") {
+        "the shard marker".into()
+    } else if name.starts_with("part-") && name.ends_with(".json") {
+        "the part sidecar".into()
+    } else if name.starts_with("rejects-") {
+        "the rejects file".into()
+    } else if name.starts_with("part-") {
+        "the part".into()
+    } else {
+        name.to_owned()
+    }
 }
 
 fn write_json_atomic<T: Serialize>(dir: &Path, name: &str, v: &T) -> Result<()> {
@@ -485,7 +511,7 @@ impl DatasetWriter {
         self.next_seq += 1;
         let name = format!("part-{}.{}", stem(self.shard, seq), self.opts.format.ext());
         let tmp = tmp_path(&self.dir, &name);
-        let f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let f = File::create(&tmp).map_err(|e| Error::write("a new part", &tmp, e))?;
         let w = BufWriter::with_capacity(1 << 20, f);
         let sink = match self.opts.format {
             PartFormat::Parquet => {
@@ -520,7 +546,8 @@ impl DatasetWriter {
                 )
             }
             PartFormat::ArrowIpc => Sink::Ipc(
-                arrow::ipc::writer::FileWriter::try_new(w, &self.schema.arrow)?,
+                arrow::ipc::writer::FileWriter::try_new(w, &self.schema.arrow)
+                    .map_err(|e| Error::write("a new part", &tmp, e))?,
                 0,
             ),
         };
@@ -549,18 +576,25 @@ impl DatasetWriter {
             *s = s.wrapping_add(add);
         }
         part.rows += batch.num_rows() as u64;
-        let size = match &mut part.sink {
-            Sink::Parquet(w) => {
-                w.write(batch).map_err(|e| Error::Parquet {
-                    path: part.tmp.clone(),
-                    source: e,
-                })?;
-                w.size_estimate()
-            }
-            Sink::Ipc(w, n) => {
-                w.write(batch)?;
-                *n += batch.get_array_memory_size() as u64;
-                *n
+        let rows = batch.num_rows();
+        let written = match &mut part.sink {
+            Sink::Parquet(w) => w
+                .write(batch)
+                .map(|()| w.size_estimate())
+                .map_err(|e| Error::write(format!("{rows} rows to a part"), &part.tmp, e)),
+            Sink::Ipc(w, n) => w
+                .write(batch)
+                .map(|()| {
+                    *n += batch.get_array_memory_size() as u64;
+                    *n
+                })
+                .map_err(|e| Error::write(format!("{rows} rows to a part"), &part.tmp, e)),
+        };
+        let size = match written {
+            Ok(s) => s,
+            Err(e) => {
+                self.abandon_part();
+                return Err(e);
             }
         };
         if size >= self.opts.part_cap_bytes {
@@ -582,29 +616,48 @@ impl DatasetWriter {
         Ok(())
     }
 
+    /// Drops the open part and removes its temporary file (after a failed write: the part
+    /// is incomplete, and its bytes would only fill the disk further).
+    fn abandon_part(&mut self) {
+        if let Some(part) = self.current.take() {
+            drop(part.sink);
+            let _ = fs::remove_file(&part.tmp);
+        }
+    }
+
     fn close_part(&mut self) -> Result<()> {
         let Some(part) = self.current.take() else {
             return Ok(());
         };
         let st = stem(self.shard, part.seq);
         let name = format!("part-{st}.{}", self.opts.format.ext());
-        let file = match part.sink {
-            Sink::Parquet(w) => w.into_inner().map_err(|e| Error::Parquet {
-                path: part.tmp.clone(),
-                source: e,
-            })?,
-            Sink::Ipc(mut w, _) => {
-                w.finish()?;
-                w.into_inner()?
-            }
-        };
-        let f = file
-            .into_inner()
-            .map_err(|e| Error::io(&part.tmp, e.into_error()))?;
-        f.sync_all().map_err(|e| Error::io(&part.tmp, e))?;
-        drop(f);
+        let tmp = part.tmp.clone();
         let dst = self.dir.join(&name);
-        fs::rename(&part.tmp, &dst).map_err(|e| Error::io(&dst, e))?;
+        let what = format!("the end of part {} ({} rows)", part.seq, part.rows);
+        let closed = (|| -> Result<()> {
+            let file = match part.sink {
+                Sink::Parquet(w) => w
+                    .into_inner()
+                    .map_err(|e| Error::write(what.clone(), &tmp, e))?,
+                Sink::Ipc(mut w, _) => {
+                    w.finish()
+                        .map_err(|e| Error::write(what.clone(), &tmp, e))?;
+                    w.into_inner()
+                        .map_err(|e| Error::write(what.clone(), &tmp, e))?
+                }
+            };
+            let f = file
+                .into_inner()
+                .map_err(|e| Error::write(what.clone(), &tmp, e.into_error()))?;
+            f.sync_all()
+                .map_err(|e| Error::write(what.clone(), &tmp, e))?;
+            drop(f);
+            fs::rename(&tmp, &dst).map_err(|e| Error::write(what.clone(), &dst, e))
+        })();
+        if let Err(e) = closed {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
         let bytes = fs::metadata(&dst).map_err(|e| Error::io(&dst, e))?.len();
         let blake3 = file_blake3(&dst)?;
 
@@ -656,6 +709,14 @@ impl DatasetWriter {
     }
 }
 
+impl Drop for DatasetWriter {
+    /// A writer dropped before [`DatasetWriter::finish`] (its stage failed) removes the
+    /// temporary file of its open part; closed parts stay for a resume.
+    fn drop(&mut self) {
+        self.abandon_part();
+    }
+}
+
 fn remove_if_exists(p: &Path) -> Result<()> {
     match fs::remove_file(p) {
         Ok(()) => Ok(()),
@@ -687,20 +748,25 @@ fn write_rejects(dir: &Path, name: &str, rejects: &[Reject]) -> Result<()> {
     ];
     let batch = RecordBatch::try_new(schema.clone(), cols)?;
     let tmp = tmp_path(dir, name);
-    let f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::default()))
-        .build();
-    let pq = |e| Error::Parquet {
-        path: tmp.clone(),
-        source: e,
-    };
-    let mut w = ArrowWriter::try_new(f, schema, Some(props)).map_err(pq)?;
-    w.write(&batch).map_err(pq)?;
-    let f = w.into_inner().map_err(pq)?;
-    f.sync_all().map_err(|e| Error::io(&tmp, e))?;
-    let dst = dir.join(name);
-    fs::rename(&tmp, &dst).map_err(|e| Error::io(&dst, e))
+    let what = format!("the rejects file ({} rows)", rejects.len());
+    let written = (|| -> Result<()> {
+        let f = File::create(&tmp).map_err(|e| Error::write(what.clone(), &tmp, e))?;
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::default()))
+            .build();
+        let pq = |e| Error::write(what.clone(), &tmp, e);
+        let mut w = ArrowWriter::try_new(f, schema, Some(props)).map_err(pq)?;
+        w.write(&batch).map_err(pq)?;
+        let f = w.into_inner().map_err(pq)?;
+        f.sync_all()
+            .map_err(|e| Error::write(what.clone(), &tmp, e))?;
+        let dst = dir.join(name);
+        fs::rename(&tmp, &dst).map_err(|e| Error::write(what.clone(), &dst, e))
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// Appends the canonical bytes of `a[i]` to `buf`: a 0 byte for null, else 1 and the value

@@ -14,6 +14,15 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// Writing a file failed (a full disk, a quota, an I/O error): what was being written,
+    /// where, and why. The writer has removed its temporary file.
+    #[error("writing {what} {path}: {source}")]
+    Write {
+        what: String,
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A dataset directory that a reader must refuse: no manifest, missing or extra parts,
     /// a checksum or size that disagrees with the manifest.
     #[error("dataset {dir} is not usable: {reason}")]
@@ -56,6 +65,19 @@ pub enum Error {
 }
 
 impl Error {
+    /// A failed write of `what` to `path`.
+    pub fn write(
+        what: impl Into<String>,
+        path: impl Into<PathBuf>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Error::Write {
+            what: what.into(),
+            path: path.into(),
+            source: source.into(),
+        }
+    }
+
     /// Wraps an I/O error with the path it happened on.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {

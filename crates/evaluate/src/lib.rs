@@ -924,17 +924,25 @@ fn prediction_batch(
 fn write_predictions(path: &Path, batches: &[RecordBatch]) -> Result<(), Error> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(".predictions.parquet.tmp");
-    let f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    let perr = |e: parquet::errors::ParquetError| Error::Data(format!("{}: {e}", path.display()));
-    let props = parquet::file::properties::WriterProperties::builder()
-        .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
-        .build();
-    let mut w = parquet::arrow::ArrowWriter::try_new(f, schema(), Some(props)).map_err(perr)?;
-    for b in batches {
-        w.write(b).map_err(perr)?;
+    let what = "the predictions";
+    let written = (|| -> Result<(), geoloc_core::Error> {
+        let f =
+            std::fs::File::create(&tmp).map_err(|e| geoloc_core::Error::write(what, &tmp, e))?;
+        let perr = |e: parquet::errors::ParquetError| geoloc_core::Error::write(what, &tmp, e);
+        let props = parquet::file::properties::WriterProperties::builder()
+            .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
+            .build();
+        let mut w = parquet::arrow::ArrowWriter::try_new(f, schema(), Some(props)).map_err(perr)?;
+        for b in batches {
+            w.write(b).map_err(perr)?;
+        }
+        w.close().map_err(perr)?;
+        std::fs::rename(&tmp, path).map_err(|e| geoloc_core::Error::write(what, path, e))
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
-    w.close().map_err(perr)?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    Ok(written?)
 }
 
 /// A MediaEval run file: `hash;lat;lon` per predicted photo, in test order.

@@ -72,8 +72,16 @@ fn canvas(
     }
     let img = RgbImage::from_raw(w, h, buf).ok_or_else(|| perr(&name)(&"buffer size"))?;
     let tmp = path.with_extension("png.tmp");
-    tryp!(&name, img.save_with_format(&tmp, image::ImageFormat::Png));
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    let saved = img
+        .save_with_format(&tmp, image::ImageFormat::Png)
+        .map_err(|e| geoloc_core::Error::write("a plot", &tmp, e))
+        .and_then(|()| {
+            std::fs::rename(&tmp, path).map_err(|e| geoloc_core::Error::write("a plot", path, e))
+        });
+    if saved.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    Ok(saved?)
 }
 
 /// One series of a line chart: name and (x, y) points.

@@ -878,8 +878,20 @@ fn save_tensors(path: &Path, tensors: Vec<(String, Vec<f32>, Vec<usize>)>) -> Re
         .and_then(|n| n.to_str())
         .ok_or_else(|| Error::Config(format!("bad path {}", path.display())))?;
     let tmp = dir.join(format!(".{name}.tmp"));
-    candle_core::safetensors::save(&map, &tmp)?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    let what = format!("the tensors of {name}");
+    if let Err(e) = candle_core::safetensors::save(&map, &tmp) {
+        let _ = std::fs::remove_file(&tmp);
+        // candle's message, without the backtrace it may carry.
+        let msg = match e {
+            candle_core::Error::WithBacktrace { inner, .. } => inner.to_string(),
+            e => e.to_string(),
+        };
+        return Err(geoloc_core::Error::write(what, &tmp, msg).into());
+    }
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        geoloc_core::Error::write(what, path, e).into()
+    })
 }
 
 fn write_json(dir: &Path, name: &str, v: &impl Serialize) -> Result<(), Error> {
@@ -920,12 +932,20 @@ fn write_history(path: &Path, history: &[EpochRecord]) -> Result<(), Error> {
     let batch = RecordBatch::try_new(schema.clone(), cols).map_err(geoloc_core::Error::from)?;
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(".history.parquet.tmp");
-    let f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    let perr = |e: parquet::errors::ParquetError| Error::Data(format!("{}: {e}", path.display()));
-    let mut w = parquet::arrow::ArrowWriter::try_new(f, schema, None).map_err(perr)?;
-    w.write(&batch).map_err(perr)?;
-    w.close().map_err(perr)?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    let what = "the training history";
+    let written = (|| -> Result<(), geoloc_core::Error> {
+        let f =
+            std::fs::File::create(&tmp).map_err(|e| geoloc_core::Error::write(what, &tmp, e))?;
+        let perr = |e: parquet::errors::ParquetError| geoloc_core::Error::write(what, &tmp, e);
+        let mut w = parquet::arrow::ArrowWriter::try_new(f, schema, None).map_err(perr)?;
+        w.write(&batch).map_err(perr)?;
+        w.close().map_err(perr)?;
+        std::fs::rename(&tmp, path).map_err(|e| geoloc_core::Error::write(what, path, e))
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    Ok(written?)
 }
 
 fn load_tensors(path: &Path) -> Result<HashMap<String, Vec<f32>>, Error> {
