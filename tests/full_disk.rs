@@ -126,14 +126,7 @@ fn fill_then_rerun(
     }
     let runs = disk.to_str().unwrap();
     let out = geoloc(
-        &[
-            "run",
-            pipe,
-            "--only",
-            instance,
-            "--runs-dir",
-            runs,
-        ],
+        &["run", pipe, "--only", instance, "--runs-dir", runs],
         root,
         &[],
         false,
@@ -176,14 +169,7 @@ fn fill_then_rerun(
     // Space freed: the rerun commits what an uninterrupted run committed.
     fs.resize(size + 4 * out_bytes + (16 << 20));
     geoloc(
-        &[
-            "run",
-            pipe,
-            "--only",
-            instance,
-            "--runs-dir",
-            runs,
-        ],
+        &["run", pipe, "--only", instance, "--runs-dir", runs],
         root,
         &[],
         true,

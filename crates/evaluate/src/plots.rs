@@ -333,66 +333,64 @@ pub fn error_cdf(path: &Path, series: &[(String, Vec<f64>)], radii: &[f64]) -> R
     })
 }
 
-/// Predicted against true locations on the world map, a line joining each pair.
+/// Predicted against true locations on the map (the world, or the region the photos cover:
+/// see [`worldmap::Extent::around`]), a line joining each pair.
 pub fn world_map(path: &Path, title: &str, pairs: &[([f64; 2], [f64; 2])]) -> Result<(), Error> {
     let name = path.display().to_string();
-    let map = worldmap::base();
-    canvas(
-        path,
-        (worldmap::WIDTH, worldmap::HEIGHT),
-        Some(map),
-        |root| {
-            let px = |p: [f64; 2]| {
-                let (x, y) = worldmap::pixel(p[0], p[1]);
-                (x.round() as i32, y.round() as i32)
-            };
-            let link = RGBColor(120, 120, 120).mix(0.35);
-            for (truth, pred) in pairs {
-                tryp!(
-                    &name,
-                    root.draw(&PathElement::new(vec![px(*truth), px(*pred)], link))
-                );
-            }
-            for (truth, _) in pairs {
-                tryp!(
-                    &name,
-                    root.draw(&Circle::new(px(*truth), 2, BLACK.filled()))
-                );
-            }
-            for (_, pred) in pairs {
-                tryp!(
-                    &name,
-                    root.draw(&Circle::new(px(*pred), 3, PALETTE[3].filled()))
-                );
-            }
-            // Title and legend in a box at the top left.
+    // Zoomed to the photos when they cover less than a hemisphere.
+    let extent = worldmap::Extent::around(pairs.iter().flat_map(|(t, p)| [*t, *p]));
+    let map = worldmap::render(&extent);
+    canvas(path, (extent.width, extent.height), Some(&map), |root| {
+        let px = |p: [f64; 2]| {
+            let (x, y) = extent.pixel(p[0], p[1]);
+            (x.round() as i32, y.round() as i32)
+        };
+        let link = RGBColor(120, 120, 120).mix(0.35);
+        for (truth, pred) in pairs {
             tryp!(
                 &name,
-                root.draw(&Rectangle::new(
-                    [(8, 8), (430, 82)],
-                    WHITE.mix(0.85).filled()
-                ))
+                root.draw(&PathElement::new(vec![px(*truth), px(*pred)], link))
             );
+        }
+        for (truth, _) in pairs {
             tryp!(
                 &name,
-                root.draw(&Text::new(title.to_string(), (16, 14), (SANS, 18)))
+                root.draw(&Circle::new(px(*truth), 2, BLACK.filled()))
             );
-            tryp!(&name, root.draw(&Circle::new((22, 50), 3, BLACK.filled())));
+        }
+        for (_, pred) in pairs {
             tryp!(
                 &name,
-                root.draw(&Text::new("true location", (32, 42), (SANS, 14)))
+                root.draw(&Circle::new(px(*pred), 3, PALETTE[3].filled()))
             );
-            tryp!(
-                &name,
-                root.draw(&Circle::new((22, 70), 4, PALETTE[3].filled()))
-            );
-            tryp!(
-                &name,
-                root.draw(&Text::new("predicted", (32, 62), (SANS, 14)))
-            );
-            Ok(())
-        },
-    )
+        }
+        // Title and legend in a box at the top left.
+        tryp!(
+            &name,
+            root.draw(&Rectangle::new(
+                [(8, 8), (430, 82)],
+                WHITE.mix(0.85).filled()
+            ))
+        );
+        tryp!(
+            &name,
+            root.draw(&Text::new(title.to_string(), (16, 14), (SANS, 18)))
+        );
+        tryp!(&name, root.draw(&Circle::new((22, 50), 3, BLACK.filled())));
+        tryp!(
+            &name,
+            root.draw(&Text::new("true location", (32, 42), (SANS, 14)))
+        );
+        tryp!(
+            &name,
+            root.draw(&Circle::new((22, 70), 4, PALETTE[3].filled()))
+        );
+        tryp!(
+            &name,
+            root.draw(&Text::new("predicted", (32, 62), (SANS, 14)))
+        );
+        Ok(())
+    })
 }
 
 /// The confusion matrix as a heat map: rows true, columns predicted, each cell shaded by

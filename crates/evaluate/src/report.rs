@@ -265,7 +265,7 @@ fn draw(
         fig(
             file,
             format!(
-                "{name}: each test photo's true location (black) joined to its prediction (red)."
+                "{name}: each test photo's true location (black) joined to its prediction (red); the map covers the photos' region when they span less than a hemisphere."
             ),
         );
     }
