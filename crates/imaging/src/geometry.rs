@@ -19,7 +19,7 @@ use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
 /// The output geometry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Geometry {
     /// Shorter side to `resize`, then `crop` x `crop` windows (`crop <= resize`).
@@ -30,7 +30,9 @@ pub enum Geometry {
 
 /// Which views to make of each image, besides view 0 (the centre crop, or the squashed
 /// image).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Views {
     /// View 0 only.

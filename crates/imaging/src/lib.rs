@@ -2,8 +2,10 @@
 //! datasets) and `predict` (new photos), so both see exactly the same pixels.
 //!
 //! - [`decode`]: bytes to an upright 8-bit RGB image (JPEG with DCT-domain downscaling when
-//!   the target is small, PNG, GIF, WebP, BMP, TIFF; EXIF orientation; CMYK, palette,
-//!   16-bit and greyscale converted or refused; decompression-bomb limits on the header);
+//!   the target is small, PNG, GIF, WebP, BMP, TIFF, HEIF/HEIC; EXIF orientation; CMYK,
+//!   palette, 16-bit and greyscale converted or refused; decompression-bomb limits on the
+//!   header);
+//! - [`heif`]: HEIF/HEIC through libheif, loaded at run time (none: a named refusal);
 //! - [`geometry`]: resize-crop and squash, and the extra views (five-crop, ten-crop, seeded
 //!   random windows);
 //! - [`orient`]: EXIF orientation.
@@ -11,11 +13,13 @@
 //! [`prepare`] is the whole chain for one file's bytes. Nothing here panics on input data:
 //! every failure is a [`DecodeError`] with a stable reason code.
 //!
-//! Architecture invariant: no I/O beyond the bytes handed in, no datasets, no stage. The
+//! Architecture invariant: no I/O beyond the bytes handed in (and loading libheif), no
+//! datasets, no stage. The
 //! output is raw u8 RGB, row-major HWC, not normalised (the consumer owns normalisation).
 
 pub mod decode;
 pub mod geometry;
+pub mod heif;
 pub mod orient;
 pub mod synth;
 
