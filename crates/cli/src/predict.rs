@@ -10,8 +10,8 @@
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use arrow::array::{
-    ArrayRef, Float32Builder, Float64Array, ListBuilder, RecordBatch, StringArray, StringBuilder,
-    UInt32Array,
+    ArrayRef, Float32Builder, Float64Array, Float64Builder, ListBuilder, RecordBatch, StringArray,
+    StringBuilder, UInt32Array,
 };
 use arrow::datatypes::{DataType, Field, Schema};
 use geoloc_imaging::{Geometry, Greyscale, PrepareOptions, Views};
@@ -61,9 +61,47 @@ pub struct Request {
 pub struct Prediction {
     pub path: String,
     pub views: u32,
-    pub top: Vec<(String, f32)>,
+    /// The top classes, most probable first (none for a latlon head).
+    pub top: Vec<TopClass>,
     pub location: Option<[f64; 2]>,
     pub country: Option<String>,
+    /// Where the predicted location is, in words (`Texas, United States of America`).
+    pub place: Option<String>,
+}
+
+/// One of a prediction's top classes, with where it is: a country head's class is a
+/// country; a geocell head's is an S2 cell, placed at the mean location of its train photos
+/// (where the head puts a photo of that cell), with that location's country and region.
+#[derive(Debug, Clone)]
+pub struct TopClass {
+    /// The class as the model names it (`FR`, an S2 cell token).
+    pub class: String,
+    pub prob: f32,
+    pub location: Option<[f64; 2]>,
+    pub place: Option<geoloc_core::country::Place>,
+}
+
+impl TopClass {
+    /// The place as one readable string (`British Columbia, Canada`), else its coordinates
+    /// (a cell far out at sea), else the class itself.
+    pub fn label(&self) -> String {
+        match (&self.place, self.location) {
+            (Some(p), _) => p.label(),
+            (None, Some(l)) => format!("{:.2}, {:.2}", l[0], l[1]),
+            (None, None) => self.class.clone(),
+        }
+    }
+}
+
+/// The place of a location, or the nearest within 100 km of one at sea.
+fn place_at(l: [f64; 2]) -> Option<geoloc_core::country::Place> {
+    geoloc_core::country::place_near(
+        geoloc_core::geo::LatLon {
+            lat: l[0],
+            lon: l[1],
+        },
+        100.0,
+    )
 }
 
 /// A photo that got no prediction, and why.
@@ -297,23 +335,38 @@ pub fn predict(req: &Request) -> Result<(Vec<Prediction>, Vec<Skipped>)> {
         }
         for (i, (name, views)) in ok.into_iter().enumerate() {
             let s = acc.mean(i);
-            let top: Vec<(String, f32)> = if p.card.task == Task::Latlon {
+            let top: Vec<TopClass> = if p.card.task == Task::Latlon {
                 Vec::new()
             } else {
                 top_k(&s, req.top_k.max(1))
                     .into_iter()
-                    .map(|(c, pr)| (p.card.classes.get(c).cloned().unwrap_or_default(), pr))
+                    .map(|(c, prob)| {
+                        let class = p.card.classes.get(c).cloned().unwrap_or_default();
+                        let location = p.card.class_locations.get(c).copied().flatten();
+                        let place = match p.card.task {
+                            Task::Country => Some(geoloc_core::country::place_of_code(&class)),
+                            _ => location.and_then(place_at),
+                        };
+                        TopClass {
+                            class,
+                            prob,
+                            location,
+                            place,
+                        }
+                    })
                     .collect()
             };
             let location = p.locate(&s);
-            let country = match p.card.task {
-                Task::Country => top.first().map(|t| t.0.clone()),
-                _ => location.and_then(|l| {
-                    geoloc_core::country::country_code(geoloc_core::geo::LatLon {
-                        lat: l[0],
-                        lon: l[1],
-                    })
-                }),
+            let here = location.and_then(place_at);
+            let (country, place) = match p.card.task {
+                Task::Country => {
+                    let t = top.first();
+                    (t.map(|t| t.class.clone()), t.map(TopClass::label))
+                }
+                _ => (
+                    here.as_ref().filter(|h| !h.near).map(|h| h.country.clone()),
+                    here.as_ref().map(|h| h.label()),
+                ),
             };
             preds.push(Prediction {
                 path: name,
@@ -321,6 +374,7 @@ pub fn predict(req: &Request) -> Result<(Vec<Prediction>, Vec<Skipped>)> {
                 top,
                 location,
                 country,
+                place,
             });
         }
     }
@@ -356,8 +410,11 @@ pub fn write(preds: &[Prediction], out: &Path, format: Format) -> Result<()> {
                 "lat",
                 "lon",
                 "country",
+                "place",
                 "top_classes",
                 "top_probs",
+                "top_places",
+                "top_locations",
             ])?;
             for p in preds {
                 let (lat, lon) = p.location.map_or((String::new(), String::new()), |l| {
@@ -369,16 +426,15 @@ pub fn write(preds: &[Prediction], out: &Path, format: Format) -> Result<()> {
                     lat,
                     lon,
                     p.country.clone().unwrap_or_default(),
-                    p.top
-                        .iter()
-                        .map(|t| t.0.as_str())
-                        .collect::<Vec<_>>()
-                        .join("|"),
-                    p.top
-                        .iter()
-                        .map(|t| format!("{:.4}", t.1))
-                        .collect::<Vec<_>>()
-                        .join("|"),
+                    p.place.clone().unwrap_or_default(),
+                    join(&p.top, |t| t.class.clone()),
+                    join(&p.top, |t| format!("{:.4}", t.prob)),
+                    join(&p.top, TopClass::label),
+                    join(&p.top, |t| {
+                        t.location
+                            .map(|l| format!("{:.4},{:.4}", l[0], l[1]))
+                            .unwrap_or_default()
+                    }),
                 ])?;
             }
             w.flush()?;
@@ -396,7 +452,18 @@ pub fn write(preds: &[Prediction], out: &Path, format: Format) -> Result<()> {
                             "path": p.path,
                             "views": p.views,
                             "country": p.country,
-                            "top": p.top.iter().map(|t| serde_json::json!({"class": t.0, "p": t.1})).collect::<Vec<_>>(),
+                            "place": p.place,
+                            "top": p.top.iter().map(|t| serde_json::json!({
+                                "class": t.class,
+                                "p": t.prob,
+                                "place": t.label(),
+                                "lat": t.location.map(|l| l[0]),
+                                "lon": t.location.map(|l| l[1]),
+                                "country": t.place.as_ref().map(|x| &x.country),
+                                "country_name": t.place.as_ref().map(|x| &x.country_name),
+                                "region": t.place.as_ref().and_then(|x| x.region.as_ref()),
+                                "region_name": t.place.as_ref().and_then(|x| x.region_name.as_ref()),
+                            })).collect::<Vec<_>>(),
                         }
                     })
                 })
@@ -409,7 +476,13 @@ pub fn write(preds: &[Prediction], out: &Path, format: Format) -> Result<()> {
     std::fs::rename(&tmp, out).with_context(|| format!("writing {}", out.display()))
 }
 
-/// The Parquet columns: path, views, lat, lon, country, top_classes, top_probs.
+/// `f` of each top class, joined by `|` (a CSV cell).
+fn join(top: &[TopClass], f: impl Fn(&TopClass) -> String) -> String {
+    top.iter().map(f).collect::<Vec<_>>().join("|")
+}
+
+/// The Parquet columns: path, views, lat, lon, country, place, then per top class (lists, in
+/// rank order) its class, probability, place, latitude and longitude.
 fn batch(preds: &[Prediction]) -> Result<RecordBatch> {
     let list = |t: DataType| DataType::List(Arc::new(Field::new("item", t, true)));
     let schema = Arc::new(Schema::new(vec![
@@ -418,18 +491,31 @@ fn batch(preds: &[Prediction]) -> Result<RecordBatch> {
         Field::new("lat", DataType::Float64, true),
         Field::new("lon", DataType::Float64, true),
         Field::new("country", DataType::Utf8, true),
+        Field::new("place", DataType::Utf8, true),
         Field::new("top_classes", list(DataType::Utf8), false),
         Field::new("top_probs", list(DataType::Float32), false),
+        Field::new("top_places", list(DataType::Utf8), false),
+        Field::new("top_lats", list(DataType::Float64), false),
+        Field::new("top_lons", list(DataType::Float64), false),
     ]));
     let mut tc = ListBuilder::new(StringBuilder::new());
     let mut tp = ListBuilder::new(Float32Builder::new());
+    let mut tpl = ListBuilder::new(StringBuilder::new());
+    let mut tla = ListBuilder::new(Float64Builder::new());
+    let mut tlo = ListBuilder::new(Float64Builder::new());
     for p in preds {
-        for (c, pr) in &p.top {
-            tc.values().append_value(c);
-            tp.values().append_value(*pr);
+        for t in &p.top {
+            tc.values().append_value(&t.class);
+            tp.values().append_value(t.prob);
+            tpl.values().append_value(t.label());
+            tla.values().append_option(t.location.map(|l| l[0]));
+            tlo.values().append_option(t.location.map(|l| l[1]));
         }
         tc.append(true);
         tp.append(true);
+        tpl.append(true);
+        tla.append(true);
+        tlo.append(true);
     }
     let cols: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from(
@@ -456,8 +542,14 @@ fn batch(preds: &[Prediction]) -> Result<RecordBatch> {
                 .map(|p| p.country.as_deref())
                 .collect::<Vec<_>>(),
         )),
+        Arc::new(StringArray::from(
+            preds.iter().map(|p| p.place.as_deref()).collect::<Vec<_>>(),
+        )),
         Arc::new(tc.finish()),
         Arc::new(tp.finish()),
+        Arc::new(tpl.finish()),
+        Arc::new(tla.finish()),
+        Arc::new(tlo.finish()),
     ];
     Ok(RecordBatch::try_new(schema, cols)?)
 }

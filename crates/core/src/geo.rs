@@ -82,7 +82,17 @@ pub fn geodesic_km(a: LatLon, b: LatLon) -> f64 {
 }
 
 /// Which distance to use; parsed from `haversine`, `equirectangular` or `geodesic`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum DistanceMetric {
     #[default]
