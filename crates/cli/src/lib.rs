@@ -4,6 +4,7 @@
 //! Architecture invariant: this is the only crate that depends on stage crates.
 
 pub mod cluster;
+pub mod config_help;
 pub mod demo;
 pub mod gpu_check;
 pub mod predict;

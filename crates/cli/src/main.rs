@@ -98,16 +98,21 @@ enum Cmd {
         runs_dir: Option<PathBuf>,
     },
     /// Run the ingest stage: photo metadata to a samples dataset.
+    #[command(after_long_help = geoloc_cli::config_help::text("ingest"))]
     Ingest(StageArgs),
     /// Run the preprocess stage: the photos of a samples dataset to pixel tensors.
+    #[command(after_long_help = geoloc_cli::config_help::text("preprocess"))]
     Preprocess(StageArgs),
     /// Run the featurize stage: pixel tensors to feature vectors (CNN backbone or HOG).
+    #[command(after_long_help = geoloc_cli::config_help::text("featurize"))]
     Featurize(FeaturizeArgs),
     /// Run the train stage: features (or pixels) and samples to a trained head (a model
     /// directory). Resumes from the checkpoint a killed run of the same fingerprint left.
+    #[command(after_long_help = geoloc_cli::config_help::text("train"))]
     Train(TrainArgs),
     /// Run the evaluate stage: trained heads scored on the test split (metrics.json,
     /// predictions.parquet, MediaEval run files) and the report (report.md, report.html).
+    #[command(after_long_help = geoloc_cli::config_help::text("evaluate"))]
     Evaluate(StageArgs),
     /// Predict where photos were taken with a model directory: decodes them, runs the
     /// backbone the model names and the head, and writes top-k countries with
@@ -119,6 +124,13 @@ enum Cmd {
     Slurm(SlurmArgs),
     /// Write Kubernetes Indexed Job manifests for a pipeline (and apply.sh).
     K8s(K8sArgs),
+    /// List a stage's config keys: what each takes, its default, what it does (the same
+    /// list as `geoloc STAGE --help`, read from the stage's config type).
+    Config {
+        /// ingest, preprocess, featurize, train or evaluate.
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(geoloc_cli::config_help::STAGES))]
+        stage: String,
+    },
     /// Commit a sharded instance once all its shards have run (writes _manifest.json).
     Finalize {
         pipeline: PathBuf,
@@ -588,6 +600,7 @@ fn real_main(cli: Cli) -> Result<()> {
         }
         Cmd::Evaluate(a) => stage_cmd(geoloc_evaluate::KIND, a, toml::Table::new(), progress)?,
         Cmd::Predict(a) => predict_cmd(a)?,
+        Cmd::Config { stage } => print!("{}", geoloc_cli::config_help::text(&stage)),
         Cmd::Slurm(a) => slurm_cmd(a)?,
         Cmd::K8s(a) => k8s_cmd(a)?,
         Cmd::Finalize {

@@ -72,7 +72,7 @@ pub const REPORT_HTML: &str = "report.html";
 /// top_k = 5
 /// run_files = true           # MediaEval `hash;lat;lon` files under runs/
 /// ```
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The distance every error is measured with.

@@ -42,7 +42,7 @@ pub const FORMAT_VERSION: u32 = 1;
 /// layer = "pool"                     # logits (default), fc7 / pool5 (vgg16), pool
 /// weights = "data/weights/efficientnet-lite0.pth"
 /// ```
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub backbone: BackboneKind,

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 /// images_root = "data/mediaeval/images"
 /// classes = { list = ["DE", "CA", "IT", "ES", "FR"] }
 /// ```
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The inputs, read in order; ids must be unique across all of them.
@@ -57,7 +57,7 @@ fn yes() -> bool {
 }
 
 /// One input.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Source {
     pub format: Format,
@@ -84,7 +84,7 @@ pub struct Source {
 }
 
 /// The input formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Format {
     /// MediaEval 2015 Placing locale train/test file (7 tab-separated columns).
@@ -109,7 +109,19 @@ impl Format {
 }
 
 /// A split name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Split {
     Train,
@@ -128,7 +140,7 @@ impl Split {
 }
 
 /// The class list.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Classes {
     /// An explicit list, in label order (the paper: `["DE", "CA", "IT", "ES", "FR"]`).
@@ -147,7 +159,9 @@ pub struct Classes {
 }
 
 /// Which column the class list matches.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum ClassField {
     #[default]
@@ -156,7 +170,7 @@ pub enum ClassField {
 }
 
 /// Per-class balancing.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Balance {
     /// Seed of the keyed hash that orders each class's photos; the first N are kept.
@@ -167,7 +181,7 @@ pub struct Balance {
 }
 
 /// How rows are split.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SplitConfig {
     /// Fraction of train (default 0.8).
@@ -206,7 +220,9 @@ impl Default for SplitConfig {
 }
 
 /// What the split hash reads.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum SplitBy {
     #[default]

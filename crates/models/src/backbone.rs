@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// The feature extractors.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum BackboneKind {
     /// torchvision's VGG16 (the paper's).
@@ -40,7 +40,7 @@ impl BackboneKind {
 }
 
 /// Where a CNN stops.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Layer {
     /// The 1000 class scores before the softmax ("the input to the final softmax", the
@@ -55,7 +55,7 @@ pub enum Layer {
 }
 
 /// How 8-bit RGB becomes the network's input.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Normalisation {
     /// torchvision: RGB / 255, minus ImageNet mean (0.485, 0.456, 0.406), over std (0.229,
@@ -85,7 +85,7 @@ impl Normalisation {
 /// HOG parameters (`imageproc::hog`): gradients of the greyscale image, `orientations`
 /// bins per `cell_side` pixel cell, blocks of `block_side` cells every `block_stride` cells,
 /// each block scaled to unit L2 norm. The image size must be a whole number of cells.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct HogParams {
     pub orientations: usize,

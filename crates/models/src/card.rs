@@ -21,7 +21,9 @@ pub const WEIGHTS_FILE: &str = "model.safetensors";
 pub const HISTORY_FILE: &str = "history.parquet";
 
 /// What a head predicts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Task {
     /// One of the samples' classes (countries); its location is the class's mean train

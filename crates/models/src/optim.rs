@@ -5,7 +5,9 @@ use candle_core::backprop::GradStore;
 use candle_core::{Result, Tensor, Var};
 
 /// `torch.optim.SGD`'s hyperparameters.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(deny_unknown_fields)]
 pub struct SgdConfig {
     pub lr: f64,
@@ -136,7 +138,9 @@ impl Sgd {
 
 /// `torch.optim.Adam`'s hyperparameters (L2 `weight_decay` added to the gradient, as Adam
 /// does; not AdamW's decoupled decay).
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(deny_unknown_fields)]
 pub struct AdamConfig {
     pub lr: f64,
@@ -163,7 +167,9 @@ fn eps() -> f64 {
 /// The optimiser of a training run, as pipeline files write it:
 /// `{ kind = "sgd", lr = 0.001, momentum = 0.9, nesterov = true }` or
 /// `{ kind = "adam", lr = 0.001 }`.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum OptimizerConfig {
     Sgd(SgdConfig),

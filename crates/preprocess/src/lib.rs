@@ -43,7 +43,7 @@ pub const FORMAT_VERSION: u32 = 1;
 /// views = { kind = "ten-crop" }          # or centre (default), five-crop, random
 /// greyscale = "reject"                   # or "convert"
 /// ```
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Output geometry: `resize-crop` (shorter side to `resize`, `crop` x `crop` windows) or

@@ -7,7 +7,9 @@ use s2::cellid::CellID;
 use s2::latlng::LatLng;
 
 /// The partition's parameters.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(deny_unknown_fields)]
 pub struct GeocellConfig {
     /// Drop cells with fewer train photos than this.

@@ -63,7 +63,9 @@ pub const MODEL_SCHEMA_VERSION: u32 = 1;
 const CHECKPOINT_STATE: &str = "checkpoint.json";
 
 /// Which head to train.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum HeadKind {
     /// The paper's `INPUT -> [DROPOUT -> FC] x3` on features.
@@ -86,23 +88,33 @@ pub enum HeadKind {
 /// epochs = 200
 /// optimizer = { kind = "sgd", lr = 0.001, momentum = 0.9, nesterov = true }
 /// ```
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// Which head to train: `mlp` (the paper's), `linear-svm` (its HOG baseline),
+    /// `small-cnn` (its CNN from scratch, on pixels).
     #[serde(default)]
     pub head: HeadKind,
+    /// What it predicts: `country` (the samples' classes), `latlon` (coordinates), `geocell`
+    /// (adaptive S2 cells, see `geocells`).
     #[serde(default)]
     pub task: Task,
+    /// Passes over the train rows (default: the paper's, 200 for the MLP; 500 for latlon).
     pub epochs: Option<usize>,
     /// Rows per step (default 500, the paper's).
     pub batch: Option<usize>,
+    /// `{ kind = "sgd", lr, momentum, nesterov, dampening, weight_decay }` or `{ kind =
+    /// "adam", lr, beta1, beta2, eps, weight_decay }` (default: the paper's SGD with Nesterov
+    /// momentum 0.9, lr 1e-3; 1e-4 for latlon).
     pub optimizer: Option<OptimizerConfig>,
-    /// MLP hidden units (default 800) and dropout before each FC (default 0.2, 0.5, 0.5).
+    /// MLP hidden units (default 800).
     pub hidden: Option<usize>,
+    /// MLP dropout before each of its three FC layers (default 0.2, 0.5, 0.5).
     pub dropout: Option<[f32; 3]>,
     /// Standardise each input value by the train split's mean and std (default: on for the
     /// SVM and the small CNN, the paper's per-pixel normalisation; off for the MLP).
     pub standardise: Option<bool>,
+    /// Seed of the initial weights, the row order and dropout.
     #[serde(default)]
     pub seed: u64,
     /// Stop after this many epochs without a better validation metric.
