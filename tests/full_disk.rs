@@ -9,10 +9,10 @@
 mod support;
 
 use geoloc_core::dataset::Dataset;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use support::{geoloc, stderr};
+use support::{dataset_result, evaluation_result, geoloc, model_result, stderr};
 
 /// A tmpfs mounted for the test's life, unmounted on drop.
 struct Tmpfs(PathBuf);
@@ -81,24 +81,6 @@ fn dir_bytes(dir: &Path) -> u64 {
             }
         })
         .sum()
-}
-
-/// A dataset's result: verified, its rows and column checksums.
-fn dataset_result(ds: Result<Dataset, String>) -> Result<Value, String> {
-    let ds = ds?;
-    ds.verify().map_err(|e| e.to_string())?;
-    Ok(json!({"rows": ds.manifest.rows, "columns": ds.manifest.columns}))
-}
-
-/// A model directory's result: its fingerprint and files, but the history (timings).
-fn model_result(dir: &Path) -> Result<Value, String> {
-    let m = geoloc_train::open(dir).map_err(|e| e.to_string())?;
-    let mut files = m.info.metadata["files"].clone();
-    files
-        .as_object_mut()
-        .ok_or("no files")?
-        .remove("history.parquet");
-    Ok(json!({"fingerprint": m.info.fingerprint, "files": files}))
 }
 
 /// Runs `instance` into a runs dir on a tmpfs of `inputs + fraction x its output` bytes
@@ -179,12 +161,6 @@ fn fill_then_rerun(
         reference,
         "{instance}: rerun after a full disk"
     );
-}
-
-/// An evaluation's result: its files' checksums, as its manifest lists them.
-fn evaluation_result(dir: &Path) -> Result<Value, String> {
-    let m = geoloc_evaluate::open(dir).map_err(|e| e.to_string())?;
-    Ok(json!({"fingerprint": m.info.fingerprint, "files": m.info.metadata["files"]}))
 }
 
 #[test]

@@ -6,11 +6,11 @@ mod support;
 
 use geoloc_core::dataset::Dataset;
 use geoloc_core::schema;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use support::{geoloc, metadata_project};
+use support::{dataset_result, evaluation_result, geoloc, metadata_project, model_result};
 
 /// Runs `geoloc run PIPE --only INSTANCE` into `killed-<delay>/` and kills it after each
 /// delay; then checks: the output is refused (and `status` says the instance is missing) or
@@ -127,25 +127,6 @@ fn kill_then_rerun_in(
     refused
 }
 
-/// A dataset's result: verified, its rows and column checksums.
-fn dataset_result(ds: Result<Dataset, String>) -> Result<Value, String> {
-    let ds = ds?;
-    ds.verify().map_err(|e| e.to_string())?;
-    Ok(json!({"rows": ds.manifest.rows, "columns": ds.manifest.columns}))
-}
-
-/// A model directory's result: its fingerprint and its files' checksums, but the history's
-/// (it records seconds per epoch).
-fn model_result(dir: &Path) -> Result<Value, String> {
-    let m = geoloc_train::open(dir).map_err(|e| e.to_string())?;
-    let mut files = m.info.metadata["files"].clone();
-    files
-        .as_object_mut()
-        .ok_or("no files")?
-        .remove("history.parquet");
-    Ok(json!({"fingerprint": m.info.fingerprint, "files": files}))
-}
-
 fn run_reference(root: &Path, instance: &str) {
     geoloc(
         &[
@@ -220,13 +201,6 @@ fn killed_featurize_and_train_are_refused_then_rerun_equals_an_uninterrupted_run
         model_result,
         |out| copy(out, &["ingest", "squash150x90", "hog"]),
     );
-}
-
-/// An evaluation's result: its files' checksums (metrics, predictions, run files, report and
-/// plots), as its manifest lists them.
-fn evaluation_result(dir: &Path) -> Result<Value, String> {
-    let m = geoloc_evaluate::open(dir).map_err(|e| e.to_string())?;
-    Ok(json!({"fingerprint": m.info.fingerprint, "files": m.info.metadata["files"]}))
 }
 
 /// evaluate (the HOG + SVM head on the demo's test split, its report and plots) killed at

@@ -195,3 +195,32 @@ pub fn shared_tiny_demo() -> Option<PathBuf> {
     std::fs::write(&marker, stamp).unwrap();
     Some(dir)
 }
+
+/// What a committed output holds, to compare a rerun with an uninterrupted run: a dataset's
+/// rows and column checksums (after verifying it).
+pub fn dataset_result(
+    ds: Result<geoloc_core::dataset::Dataset, String>,
+) -> Result<serde_json::Value, String> {
+    let ds = ds?;
+    ds.verify().map_err(|e| e.to_string())?;
+    Ok(serde_json::json!({"rows": ds.manifest.rows, "columns": ds.manifest.columns}))
+}
+
+/// A model directory's result: its fingerprint and its files' checksums, but the history's
+/// (it records seconds per epoch).
+pub fn model_result(dir: &Path) -> Result<serde_json::Value, String> {
+    let m = geoloc_train::open(dir).map_err(|e| e.to_string())?;
+    let mut files = m.info.metadata["files"].clone();
+    files
+        .as_object_mut()
+        .ok_or("no files")?
+        .remove("history.parquet");
+    Ok(serde_json::json!({"fingerprint": m.info.fingerprint, "files": files}))
+}
+
+/// An evaluation's result: its files' checksums (metrics, predictions, run files, report and
+/// plots), as its manifest lists them.
+pub fn evaluation_result(dir: &Path) -> Result<serde_json::Value, String> {
+    let m = geoloc_evaluate::open(dir).map_err(|e| e.to_string())?;
+    Ok(serde_json::json!({"fingerprint": m.info.fingerprint, "files": m.info.metadata["files"]}))
+}
