@@ -5,8 +5,8 @@
 //! both directions (what libjpeg-turbo's `scale_denom` and Pillow's `draft()` do: the inverse
 //! DCT is computed at 1/2, 1/4 or 1/8 size, so a 2048-pixel photo bound for 224 never exists
 //! at full size). PNG, GIF, WebP, BMP and TIFF go through the `image` crate. HEIF/HEIC goes
-//! through libheif, loaded at run time ([`crate::heif`]); AVIF is recognised by its `ftyp`
-//! brand and refused by name.
+//! through libheif, loaded at run time ([`crate::heif`]), and so does AVIF where that
+//! libheif has an AV1 decoder.
 //!
 //! Limits are checked on the header, before any pixel is allocated.
 
@@ -83,6 +83,9 @@ pub enum Format {
     Tiff,
     /// HEIF/HEIC: decoded by libheif ([`crate::heif`]).
     Heif,
+    /// AVIF (AV1 in a HEIF container): decoded by libheif where the loaded build has an AV1
+    /// decoder (Debian's libheif1 has; the fetched pillow-heif build has not, and says so).
+    Avif,
 }
 
 impl Format {
@@ -96,6 +99,7 @@ impl Format {
             Format::Bmp => "bmp",
             Format::Tiff => "tiff",
             Format::Heif => "heif",
+            Format::Avif => "avif",
         }
     }
 }
@@ -168,11 +172,11 @@ pub fn sniff(bytes: &[u8]) -> Result<Format, DecodeError> {
             "heic" | "heix" | "heim" | "heis" | "hevc" | "hevx" | "mif1" | "msf1" => {
                 return Ok(Format::Heif)
             }
-            "avif" | "avis" => "avif",
+            "avif" | "avis" => return Ok(Format::Avif),
             _ => "iso-bmff",
         };
         return Err(DecodeError::Unsupported(format!(
-            "{kind} (brand `{brand}`): no decoder for it (HEIF/HEIC is read; AVIF is not)"
+            "{kind} (brand `{brand}`): not an image format this reader knows"
         )));
     }
     match image::guess_format(bytes) {
@@ -246,12 +250,12 @@ pub fn decode(
     // libheif applies a HEIF file's own transformations (irot, imir) while decoding; its
     // EXIF orientation, where present, must not be applied a second time.
     let orient = match format {
-        Format::Heif => Orientation::Normal,
+        Format::Heif | Format::Avif => Orientation::Normal,
         _ => orientation(bytes),
     };
     let mut d = match format {
         Format::Jpeg => decode_jpeg(bytes, opts, orient, want)?,
-        Format::Heif => crate::heif::decode(bytes, &opts.limits)?,
+        Format::Heif | Format::Avif => crate::heif::decode(bytes, format, &opts.limits)?,
         _ => decode_other(bytes, format, opts)?,
     };
     // The decoders refuse greyscale on the header where they can; this catches the files
@@ -492,7 +496,7 @@ fn decode_other(
         Format::Bmp => ImageFormat::Bmp,
         Format::Tiff => ImageFormat::Tiff,
         Format::Jpeg => ImageFormat::Jpeg,
-        Format::Heif => return crate::heif::decode(bytes, &opts.limits),
+        Format::Heif | Format::Avif => return crate::heif::decode(bytes, format, &opts.limits),
     };
     let l = &opts.limits;
     if format == Format::Gif {

@@ -1,4 +1,6 @@
-//! HEIF/HEIC (what phones write) through libheif, loaded at run time.
+//! HEIF/HEIC (what phones write) through libheif, loaded at run time; AVIF too where the
+//! loaded libheif has an AV1 decoder (the fetched build has none: AVIF is then refused as
+//! `unsupported-format` with libheif's own message).
 //!
 //! HEVC decoding has no mature pure-Rust implementation, and linking libheif at build time
 //! would make every build need its development files. geoloc instead opens the shared
@@ -42,6 +44,12 @@ const CHANNEL_INTERLEAVED: c_int = 10;
 /// `heif_error_Invalid_input` and `heif_error_Unsupported_filetype`..: codes whose message
 /// is about the file, not the library.
 const ERROR_INVALID_INPUT: c_int = 2;
+/// `heif_error_Unsupported_filetype` and `heif_error_Unsupported_feature` (a codec the
+/// library was built without).
+const ERROR_UNSUPPORTED_FILETYPE: c_int = 3;
+const ERROR_UNSUPPORTED_FEATURE: c_int = 4;
+/// `heif_error_Plugin_loading_error`: no decoder plugin for the file's codec.
+const ERROR_PLUGIN_LOADING: c_int = 11;
 
 /// The start of libheif's `heif_decoding_options` (fields are only ever appended, each group
 /// behind a `version`): version 1 has the transformation switch and progress callbacks,
@@ -244,16 +252,24 @@ impl Drop for Guard<'_> {
     }
 }
 
-/// Decodes the primary image of a HEIF file to upright 8-bit RGB, within `limits`.
-pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Decoded, DecodeError> {
-    let lib = library().map_err(|why| DecodeError::Unsupported(format!("heif: {why}")))?;
+/// Decodes the primary image of a HEIF (or AVIF) file to upright 8-bit RGB, within
+/// `limits`.
+pub fn decode(bytes: &[u8], format: Format, limits: &Limits) -> Result<Decoded, DecodeError> {
+    let lib =
+        library().map_err(|why| DecodeError::Unsupported(format!("{}: {why}", format.name())))?;
     let corrupt = |e: &HeifError| {
         let msg = message(e);
-        if e.code == ERROR_INVALID_INPUT && msg.to_lowercase().contains("end of") {
+        if [ERROR_UNSUPPORTED_FILETYPE, ERROR_UNSUPPORTED_FEATURE, ERROR_PLUGIN_LOADING]
+            .contains(&e.code)
+            || msg.contains("has not been built in")
+        {
+            // An AVIF file and a libheif without an AV1 decoder, say.
+            DecodeError::Unsupported(format!("{}: libheif {}: {msg}", format.name(), lib.version))
+        } else if e.code == ERROR_INVALID_INPUT && msg.to_lowercase().contains("end of") {
             DecodeError::Truncated(msg)
         } else {
             DecodeError::Corrupt {
-                format: "heif",
+                format: format.name(),
                 msg,
             }
         }
@@ -281,7 +297,7 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Decoded, DecodeError> {
     }
     if g.ctx.is_null() {
         return Err(DecodeError::Corrupt {
-            format: "heif",
+            format: format.name(),
             msg: "libheif could not allocate a context".into(),
         });
     }
@@ -322,7 +338,7 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Decoded, DecodeError> {
     let (w, h, stride) = (w as usize, h as usize, stride.max(0) as usize);
     if plane.is_null() || stride < w * 3 {
         return Err(DecodeError::Corrupt {
-            format: "heif",
+            format: format.name(),
             msg: "libheif returned no interleaved RGB plane".into(),
         });
     }
@@ -335,7 +351,7 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Decoded, DecodeError> {
     let image = RgbImage::from_raw(w as u32, h as u32, rgb).expect("w x h x 3 bytes");
     Ok(Decoded {
         info: DecodeInfo {
-            format: Format::Heif,
+            format,
             source_width: w as u32,
             source_height: h as u32,
             orientation: Orientation::Normal,

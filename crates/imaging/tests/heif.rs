@@ -137,3 +137,39 @@ fn broken_heif_files_are_named_errors() {
     };
     assert_eq!(e.reason(), "too-large", "{e}");
 }
+
+/// AVIF (`tests/heif/gradient.avif`, 64x48, written by Pillow's AVIF plugin) goes to
+/// libheif too: decoded where the loaded libheif has an AV1 decoder, else refused as
+/// unsupported with libheif's reason (the fetched pillow-heif build has no AV1 decoder).
+#[test]
+fn avif_is_decoded_or_refused_by_what_libheif_can() {
+    let lib = match geoloc_imaging::heif::available() {
+        Ok(l) => l,
+        Err(e) => {
+            require(&e);
+            return;
+        }
+    };
+    let bytes =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/heif/gradient.avif"))
+            .unwrap();
+    match decode(&bytes, &DecodeOptions::default(), None) {
+        Ok(d) => {
+            assert_eq!(d.info.format, Format::Avif);
+            assert_eq!(d.image.dimensions(), (64, 48));
+            // The gradient: red grows to the right, green downwards.
+            let (a, b) = (d.image.get_pixel(2, 40), d.image.get_pixel(60, 4));
+            assert!(b[0] > a[0] + 150 && a[1] > b[1] + 150, "{a:?} {b:?}");
+            eprintln!("{lib}: AVIF decoded");
+        }
+        Err(e) => {
+            assert_eq!(e.reason(), "unsupported-format", "{e}");
+            assert!(
+                e.to_string()
+                    .starts_with("unsupported format: avif: libheif"),
+                "{e}"
+            );
+            eprintln!("{lib}: AVIF refused: {e}");
+        }
+    }
+}
