@@ -259,8 +259,12 @@ pub fn decode(bytes: &[u8], format: Format, limits: &Limits) -> Result<Decoded, 
         library().map_err(|why| DecodeError::Unsupported(format!("{}: {why}", format.name())))?;
     let corrupt = |e: &HeifError| {
         let msg = message(e);
-        if [ERROR_UNSUPPORTED_FILETYPE, ERROR_UNSUPPORTED_FEATURE, ERROR_PLUGIN_LOADING]
-            .contains(&e.code)
+        if [
+            ERROR_UNSUPPORTED_FILETYPE,
+            ERROR_UNSUPPORTED_FEATURE,
+            ERROR_PLUGIN_LOADING,
+        ]
+        .contains(&e.code)
             || msg.contains("has not been built in")
         {
             // An AVIF file and a libheif without an AV1 decoder, say.
