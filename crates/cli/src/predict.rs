@@ -282,6 +282,23 @@ pub fn predict(req: &Request) -> Result<(Vec<Prediction>, Vec<Skipped>)> {
     let files = collect(&req.photos)?;
     let mut preds = Vec::new();
     let mut skipped = Vec::new();
+    // Each class's place, once: a country head's class is a country; a geocell is placed
+    // at its train photos' mean location.
+    let class_places: Vec<Option<geoloc_core::country::Place>> = match p.card.task {
+        Task::Latlon => Vec::new(),
+        Task::Country => p
+            .card
+            .classes
+            .iter()
+            .map(|c| Some(geoloc_core::country::place_of_code(c)))
+            .collect(),
+        Task::Geocell => p
+            .card
+            .class_locations
+            .iter()
+            .map(|l| l.and_then(place_at))
+            .collect(),
+    };
     for chunk in files.chunks(req.batch.max(1)) {
         // Decode and cut views in parallel.
         let prepared: Vec<(String, ViewsOrReason)> = chunk
@@ -340,33 +357,27 @@ pub fn predict(req: &Request) -> Result<(Vec<Prediction>, Vec<Skipped>)> {
             } else {
                 top_k(&s, req.top_k.max(1))
                     .into_iter()
-                    .map(|(c, prob)| {
-                        let class = p.card.classes.get(c).cloned().unwrap_or_default();
-                        let location = p.card.class_locations.get(c).copied().flatten();
-                        let place = match p.card.task {
-                            Task::Country => Some(geoloc_core::country::place_of_code(&class)),
-                            _ => location.and_then(place_at),
-                        };
-                        TopClass {
-                            class,
-                            prob,
-                            location,
-                            place,
-                        }
+                    .map(|(c, prob)| TopClass {
+                        class: p.card.classes.get(c).cloned().unwrap_or_default(),
+                        prob,
+                        location: p.card.class_locations.get(c).copied().flatten(),
+                        place: class_places.get(c).cloned().flatten(),
                     })
                     .collect()
             };
             let location = p.locate(&s);
-            let here = location.and_then(place_at);
             let (country, place) = match p.card.task {
                 Task::Country => {
                     let t = top.first();
                     (t.map(|t| t.class.clone()), t.map(TopClass::label))
                 }
-                _ => (
-                    here.as_ref().filter(|h| !h.near).map(|h| h.country.clone()),
-                    here.as_ref().map(|h| h.label()),
-                ),
+                _ => {
+                    let here = location.and_then(place_at);
+                    (
+                        here.as_ref().filter(|h| !h.near).map(|h| h.country.clone()),
+                        here.as_ref().map(|h| h.label()),
+                    )
+                }
             };
             preds.push(Prediction {
                 path: name,

@@ -28,8 +28,13 @@ pub fn country_code(p: LatLon) -> Option<String> {
     boundaries()
         .ids(ll)
         .into_iter()
-        .find(|id| id.len() == 2 && id.bytes().all(|b| b.is_ascii_uppercase()))
+        .find(|id| is_country(id))
         .map(str::to_owned)
+}
+
+/// Whether a boundaries id is a country's (an alpha-2 code), not a subdivision's (`US-TX`).
+fn is_country(id: &str) -> bool {
+    id.len() == 2 && id.bytes().all(|b| b.is_ascii_uppercase())
 }
 
 /// Where a location is, in words a person reads: the country's code and name, and the
@@ -89,9 +94,7 @@ pub fn place_of_code(code: &str) -> Place {
 pub fn place(p: LatLon) -> Option<Place> {
     let ll = CbLatLon::new(p.lat, p.lon).ok()?;
     let ids = boundaries().ids(ll);
-    let country = ids
-        .iter()
-        .find(|id| id.len() == 2 && id.bytes().all(|b| b.is_ascii_uppercase()))?;
+    let country = ids.iter().find(|id| is_country(id))?;
     // The smallest subdivision of that country (ids come smallest first).
     let region = ids
         .iter()

@@ -262,25 +262,40 @@ fn tmp_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!(".{name}.tmp"))
 }
 
-/// Writes `bytes` to `dir/name` through a temporary file and a rename. On failure the
-/// temporary file is removed and the error names the file and what it held.
-pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
-    let tmp = tmp_path(dir, name);
-    let what = describe(name);
-    let r = (|| -> std::io::Result<()> {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()
-    })();
-    if let Err(e) = r {
-        let _ = fs::remove_file(&tmp);
-        return Err(Error::write(what, &tmp, e));
+/// The error a write step may give (I/O, Parquet, Arrow, ...): [`commit_file`] names it.
+pub type WriteError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Writes a file the way every committed file of geoloc is written: `fill` writes the
+/// temporary file `tmp` (creating it), which is then renamed to `dst`. On any failure the
+/// temporary file is removed (a failed write's bytes would only fill the disk further) and
+/// the error is [`Error::Write`], naming `what` was being written and where.
+pub fn commit_file(
+    tmp: &Path,
+    dst: &Path,
+    what: &str,
+    fill: impl FnOnce(&Path) -> std::result::Result<(), WriteError>,
+) -> Result<()> {
+    let r = fill(tmp)
+        .map_err(|e| Error::write(what, tmp, e))
+        .and_then(|()| fs::rename(tmp, dst).map_err(|e| Error::write(what, dst, e)));
+    if r.is_err() {
+        let _ = fs::remove_file(tmp);
     }
-    let dst = dir.join(name);
-    fs::rename(&tmp, &dst).map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        Error::write(what, &dst, e)
-    })
+    r
+}
+
+/// Writes `bytes` to `dir/name` through a temporary file and a rename ([`commit_file`]).
+pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    commit_file(
+        &tmp_path(dir, name),
+        &dir.join(name),
+        &describe(name),
+        |tmp| {
+            let mut f = File::create(tmp)?;
+            f.write_all(bytes)?;
+            Ok(f.sync_all()?)
+        },
+    )
 }
 
 /// What a dataset file holds, for error messages.
@@ -631,33 +646,18 @@ impl DatasetWriter {
         };
         let st = stem(self.shard, part.seq);
         let name = format!("part-{st}.{}", self.opts.format.ext());
-        let tmp = part.tmp.clone();
         let dst = self.dir.join(&name);
         let what = format!("the end of part {} ({} rows)", part.seq, part.rows);
-        let closed = (|| -> Result<()> {
+        commit_file(&part.tmp, &dst, &what, |_| {
             let file = match part.sink {
-                Sink::Parquet(w) => w
-                    .into_inner()
-                    .map_err(|e| Error::write(what.clone(), &tmp, e))?,
+                Sink::Parquet(w) => w.into_inner()?,
                 Sink::Ipc(mut w, _) => {
-                    w.finish()
-                        .map_err(|e| Error::write(what.clone(), &tmp, e))?;
-                    w.into_inner()
-                        .map_err(|e| Error::write(what.clone(), &tmp, e))?
+                    w.finish()?;
+                    w.into_inner()?
                 }
             };
-            let f = file
-                .into_inner()
-                .map_err(|e| Error::write(what.clone(), &tmp, e.into_error()))?;
-            f.sync_all()
-                .map_err(|e| Error::write(what.clone(), &tmp, e))?;
-            drop(f);
-            fs::rename(&tmp, &dst).map_err(|e| Error::write(what.clone(), &dst, e))
-        })();
-        if let Err(e) = closed {
-            let _ = fs::remove_file(&tmp);
-            return Err(e);
-        }
+            Ok(file.into_inner().map_err(|e| e.into_error())?.sync_all()?)
+        })?;
         let bytes = fs::metadata(&dst).map_err(|e| Error::io(&dst, e))?.len();
         let blake3 = file_blake3(&dst)?;
 
@@ -747,26 +747,19 @@ fn write_rejects(dir: &Path, name: &str, rejects: &[Reject]) -> Result<()> {
         Arc::new(detail.finish()),
     ];
     let batch = RecordBatch::try_new(schema.clone(), cols)?;
-    let tmp = tmp_path(dir, name);
-    let what = format!("the rejects file ({} rows)", rejects.len());
-    let written = (|| -> Result<()> {
-        let f = File::create(&tmp).map_err(|e| Error::write(what.clone(), &tmp, e))?;
-        let props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::default()))
-            .build();
-        let pq = |e| Error::write(what.clone(), &tmp, e);
-        let mut w = ArrowWriter::try_new(f, schema, Some(props)).map_err(pq)?;
-        w.write(&batch).map_err(pq)?;
-        let f = w.into_inner().map_err(pq)?;
-        f.sync_all()
-            .map_err(|e| Error::write(what.clone(), &tmp, e))?;
-        let dst = dir.join(name);
-        fs::rename(&tmp, &dst).map_err(|e| Error::write(what.clone(), &dst, e))
-    })();
-    if written.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    written
+    commit_file(
+        &tmp_path(dir, name),
+        &dir.join(name),
+        &format!("the rejects file ({} rows)", rejects.len()),
+        |tmp| {
+            let props = WriterProperties::builder()
+                .set_compression(Compression::ZSTD(ZstdLevel::default()))
+                .build();
+            let mut w = ArrowWriter::try_new(File::create(tmp)?, schema, Some(props))?;
+            w.write(&batch)?;
+            Ok(w.into_inner()?.sync_all()?)
+        },
+    )
 }
 
 /// Appends the canonical bytes of `a[i]` to `buf`: a 0 byte for null, else 1 and the value

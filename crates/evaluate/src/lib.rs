@@ -924,25 +924,23 @@ fn prediction_batch(
 fn write_predictions(path: &Path, batches: &[RecordBatch]) -> Result<(), Error> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(".predictions.parquet.tmp");
-    let what = "the predictions";
-    let written = (|| -> Result<(), geoloc_core::Error> {
-        let f =
-            std::fs::File::create(&tmp).map_err(|e| geoloc_core::Error::write(what, &tmp, e))?;
-        let perr = |e: parquet::errors::ParquetError| geoloc_core::Error::write(what, &tmp, e);
-        let props = parquet::file::properties::WriterProperties::builder()
-            .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
-            .build();
-        let mut w = parquet::arrow::ArrowWriter::try_new(f, schema(), Some(props)).map_err(perr)?;
-        for b in batches {
-            w.write(b).map_err(perr)?;
-        }
-        w.close().map_err(perr)?;
-        std::fs::rename(&tmp, path).map_err(|e| geoloc_core::Error::write(what, path, e))
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    Ok(written?)
+    Ok(geoloc_core::dataset::commit_file(
+        &tmp,
+        path,
+        "the predictions",
+        |tmp| {
+            let props = parquet::file::properties::WriterProperties::builder()
+                .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
+                .build();
+            let f = std::fs::File::create(tmp)?;
+            let mut w = parquet::arrow::ArrowWriter::try_new(f, schema(), Some(props))?;
+            for b in batches {
+                w.write(b)?;
+            }
+            w.close()?;
+            Ok(())
+        },
+    )?)
 }
 
 /// A MediaEval run file: `hash;lat;lon` per predicted photo, in test order.

@@ -72,16 +72,12 @@ fn canvas(
     }
     let img = RgbImage::from_raw(w, h, buf).ok_or_else(|| perr(&name)(&"buffer size"))?;
     let tmp = path.with_extension("png.tmp");
-    let saved = img
-        .save_with_format(&tmp, image::ImageFormat::Png)
-        .map_err(|e| geoloc_core::Error::write("a plot", &tmp, e))
-        .and_then(|()| {
-            std::fs::rename(&tmp, path).map_err(|e| geoloc_core::Error::write("a plot", path, e))
-        });
-    if saved.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    Ok(saved?)
+    Ok(geoloc_core::dataset::commit_file(
+        &tmp,
+        path,
+        "a plot",
+        |tmp| Ok(img.save_with_format(tmp, image::ImageFormat::Png)?),
+    )?)
 }
 
 /// One series of a line chart: name and (x, y) points.

@@ -324,16 +324,15 @@ pub fn render(extent: &Extent) -> RgbImage {
 /// An anti-aliased line of `width` pixels, blended over the image (clipped to it).
 fn line(img: &mut RgbImage, a: (f64, f64), b: (f64, f64), c: Rgb<u8>, width: f64) {
     let (w, h) = (img.width() as f64, img.height() as f64);
-    let out = |p: (f64, f64)| p.0 < -2.0 || p.1 < -2.0 || p.0 > w + 2.0 || p.1 > h + 2.0;
-    if out(a) && out(b) && (a.0 - b.0).abs() < w && (a.1 - b.1).abs() < h {
-        // Both ends outside and on one side is the common case of a zoomed map.
-        let same = (a.0 < 0.0 && b.0 < 0.0)
-            || (a.1 < 0.0 && b.1 < 0.0)
-            || (a.0 > w && b.0 > w)
-            || (a.1 > h && b.1 > h);
-        if same {
-            return;
-        }
+    // A segment wholly beyond one edge of the map (most of them, on a zoomed map) draws
+    // nothing.
+    let m = 2.0;
+    if (a.0 < -m && b.0 < -m)
+        || (a.1 < -m && b.1 < -m)
+        || (a.0 > w + m && b.0 > w + m)
+        || (a.1 > h + m && b.1 > h + m)
+    {
+        return;
     }
     let len = ((b.0 - a.0).hypot(b.1 - a.1)).max(1e-9);
     let steps = (len * 2.0).ceil() as usize;

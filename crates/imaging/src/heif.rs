@@ -41,8 +41,7 @@ type Img = c_void;
 const COLORSPACE_RGB: c_int = 1;
 const CHROMA_INTERLEAVED_RGB: c_int = 10;
 const CHANNEL_INTERLEAVED: c_int = 10;
-/// `heif_error_Invalid_input` and `heif_error_Unsupported_filetype`..: codes whose message
-/// is about the file, not the library.
+/// `heif_error_Invalid_input`: the file is damaged (truncated, when the message says so).
 const ERROR_INVALID_INPUT: c_int = 2;
 /// `heif_error_Unsupported_filetype` and `heif_error_Unsupported_feature` (a codec the
 /// library was built without).

@@ -27,7 +27,7 @@ use crate::pickle_guard;
 use candle_core::pickle::{Object, Stack};
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
-use std::io::{Cursor, Read};
+use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
 /// The first pickle of every legacy file: protocol 2, `LONG1` of 10 bytes
@@ -140,8 +140,8 @@ pub fn from_bytes(
 fn read_safetensors(bytes: &[u8], _key: Option<&str>) -> Result<Checkpoint, ReadError> {
     // The safetensors crate checks the header's length, every offset and every size against
     // the buffer before candle copies a tensor out of it.
-    let map =
-        candle_core::safetensors::load_buffer(bytes, &Device::Cpu).map_err(|e| bad(message(&e)))?;
+    let map = candle_core::safetensors::load_buffer(bytes, &Device::Cpu)
+        .map_err(|e| bad(crate::candle_message(&e)))?;
     Ok(Checkpoint::sorted(
         Format::Safetensors,
         map.into_iter().collect(),
@@ -158,15 +158,6 @@ enum ReadError {
 
 fn bad(why: impl Into<String>) -> ReadError {
     ReadError::Malformed(why.into())
-}
-
-/// A candle error's message without the backtrace candle attaches when `RUST_BACKTRACE` is
-/// set (resolving it reads the binary's debug information: tens of MB, for an error line).
-fn message(e: &candle_core::Error) -> String {
-    match e {
-        candle_core::Error::WithBacktrace { inner, .. } => message(inner),
-        e => e.to_string(),
-    }
 }
 
 /// At most this many characters of a value are quoted in an error.
@@ -194,7 +185,7 @@ fn pickle(bytes: &[u8], what: &str) -> Result<(Object, usize), ReadError> {
     }));
     match r {
         Ok(Ok(o)) => Ok((o, len)),
-        Ok(Err(e)) => Err(bad(format!("{what}: {}", message(&e)))),
+        Ok(Err(e)) => Err(bad(format!("{what}: {}", crate::candle_message(&e)))),
         Err(_) => Err(bad(format!("{what}: the pickle parser failed"))),
     }
 }
@@ -514,13 +505,49 @@ fn read_legacy(bytes: &[u8], key: Option<&str>) -> Result<Checkpoint, ReadError>
     build(Format::PytorchLegacy, refs, &storages)
 }
 
+/// The bytes of a zip entry stored uncompressed (as `torch.save` writes every entry), as a
+/// slice of the file: nothing is copied, and an entry can hold no more than the file. `want`
+/// is the size its storage needs. The entries' CRCs are not checked (the legacy format has
+/// none either; a model card checks the whole file's blake3).
+fn stored<'b>(
+    zip: &mut zip::ZipArchive<Cursor<&'b [u8]>>,
+    bytes: &'b [u8],
+    name: &str,
+    want: Option<usize>,
+) -> Result<&'b [u8], ReadError> {
+    let e = zip.by_name(name).map_err(|e| bad(format!("{name}: {e}")))?;
+    if e.compression() != zip::CompressionMethod::Stored {
+        return Err(ReadError::Unsupported(format!(
+            "{name}: compressed zip entries ({:?}; torch.save stores them)",
+            e.compression()
+        )));
+    }
+    let size = e.size();
+    if let Some(w) = want {
+        if size != w as u64 {
+            return Err(bad(format!("{name}: {size} bytes, its storage needs {w}")));
+        }
+    }
+    let start = e
+        .data_start()
+        .ok_or_else(|| bad(format!("{name}: no data offset")))?;
+    start
+        .checked_add(size)
+        .and_then(|end| bytes.get(usize::try_from(start).ok()?..usize::try_from(end).ok()?))
+        .ok_or_else(|| {
+            bad(format!(
+                "{name}: {size} bytes at offset {start} pass the end of a file of {}",
+                bytes.len()
+            ))
+        })
+}
+
 /// PyTorch's zip format: `<archive>/data.pkl` (the object, storages as persistent ids, the
 /// same recipes as the legacy format) and `<archive>/data/<key>` (each storage's raw
-/// little-endian bytes). PyTorch stores entries uncompressed; so does this reader (the zip
-/// crate is built without decompressors), so no entry can hold more than the file.
+/// little-endian bytes), read in place ([`stored`]).
 fn read_zip(bytes: &[u8], key: Option<&str>) -> Result<Checkpoint, ReadError> {
-    let zerr = |what: &str, e: zip::result::ZipError| bad(format!("{what}: {e}"));
-    let mut zip = zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| zerr("zip archive", e))?;
+    let mut zip =
+        zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| bad(format!("zip archive: {e}")))?;
     let pkl = zip
         .file_names()
         .filter_map(|n| n.ok())
@@ -531,45 +558,20 @@ fn read_zip(bytes: &[u8], key: Option<&str>) -> Result<Checkpoint, ReadError> {
         .strip_suffix("data.pkl")
         .expect("checked suffix")
         .to_owned();
-    let mut entry = |name: &str, want: Option<usize>| -> Result<Vec<u8>, ReadError> {
-        let e = zip.by_name(name).map_err(|e| zerr(name, e))?;
-        let size = e.size();
-        if let Some(w) = want {
-            if size != w as u64 {
-                return Err(bad(format!("{name}: {size} bytes, its storage needs {w}")));
-            }
-        }
-        if size > bytes.len() as u64 {
-            return Err(bad(format!(
-                "{name}: claims {size} bytes in a file of {}",
-                bytes.len()
-            )));
-        }
-        let mut out = Vec::new();
-        e.take(size + 1)
-            .read_to_end(&mut out)
-            .map_err(|e| bad(format!("{name}: {e}")))?;
-        if out.len() as u64 != size {
-            return Err(bad(format!(
-                "{name}: {} bytes read, its header says {size}",
-                out.len()
-            )));
-        }
-        Ok(out)
-    };
-    let (obj, _) = pickle(&entry(&pkl, None)?, "data.pkl")?;
+    let (obj, _) = pickle(stored(&mut zip, bytes, &pkl, None)?, "data.pkl")?;
     let refs = tensors_of(obj, key)?;
     let table = storage_table(&refs)?;
-    let mut data: Vec<(&str, Vec<u8>)> = Vec::with_capacity(table.len());
+    let mut storages: HashMap<&str, &[u8]> = HashMap::with_capacity(table.len());
     for (k, &(dtype, elems)) in &table {
-        let k = k.as_str();
-        let want = storage_bytes(k, dtype, elems)?;
         if k.contains(['/', '\\']) || k.contains("..") {
             return Err(bad(format!("storage key {k:?} is not a plain name")));
         }
-        data.push((k, entry(&format!("{prefix}data/{k}"), Some(want))?));
+        let want = storage_bytes(k, dtype, elems)?;
+        storages.insert(
+            k,
+            stored(&mut zip, bytes, &format!("{prefix}data/{k}"), Some(want))?,
+        );
     }
-    let storages: HashMap<&str, &[u8]> = data.iter().map(|(k, v)| (*k, v.as_slice())).collect();
     build(Format::PytorchZip, refs, &storages)
 }
 

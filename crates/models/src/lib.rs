@@ -22,3 +22,12 @@ pub mod predict;
 pub mod trainer;
 pub mod vgg;
 pub mod weights;
+
+/// A candle error's message without the backtrace candle attaches when `RUST_BACKTRACE` is
+/// set (resolving it reads the binary's debug information: tens of MB, for an error line).
+pub fn candle_message(e: &candle_core::Error) -> String {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => candle_message(inner),
+        e => e.to_string(),
+    }
+}

@@ -300,15 +300,27 @@ fn ints(v: &[i64]) -> Vec<u8> {
 
 /// `{name: _rebuild_tensor_v2(storage(key, FloatStorage, numel), offset, size, stride)}`.
 fn tensor_dict(name: &str, numel: i64, offset: i64, size: &[i64], stride: &[i64]) -> Vec<u8> {
+    tensor_dict_in(name, "0", numel, offset, size, stride)
+}
+
+/// [`tensor_dict`] over the storage called `key`.
+fn tensor_dict_in(
+    name: &str,
+    key: &str,
+    numel: i64,
+    offset: i64,
+    size: &[i64],
+    stride: &[i64],
+) -> Vec<u8> {
     let mut o = vec![b'}'];
     o.extend(unicode(name));
     o.extend(global("torch._utils", "_rebuild_tensor_v2"));
     o.push(b'(');
-    // persistent id ('storage', torch.FloatStorage, '0', 'cpu', numel)
+    // persistent id ('storage', torch.FloatStorage, key, 'cpu', numel)
     o.push(b'(');
     o.extend(unicode("storage"));
     o.extend(global("torch", "FloatStorage"));
-    o.extend(unicode("0"));
+    o.extend(unicode(key));
     o.extend(unicode("cpu"));
     o.extend(long(numel));
     o.extend_from_slice(b"tQ");
@@ -581,20 +593,7 @@ fn hostile_zip_archives_are_refused() {
         &zip_of(&[("a/other.pkl", &good)]),
         "no <archive>/data.pkl",
     );
-    let mut evil = vec![b'}'];
-    evil.extend(unicode("w"));
-    evil.extend(global("torch._utils", "_rebuild_tensor_v2"));
-    evil.extend_from_slice(b"((");
-    evil.extend(unicode("storage"));
-    evil.extend(global("torch", "FloatStorage"));
-    evil.extend(unicode("../../etc/passwd"));
-    evil.extend(unicode("cpu"));
-    evil.extend(long(4));
-    evil.extend_from_slice(b"tQ");
-    evil.extend(long(0));
-    evil.extend(ints(&[4]));
-    evil.extend(ints(&[1]));
-    evil.extend_from_slice(b"tRs");
+    let evil = tensor_dict_in("w", "../../etc/passwd", 4, 0, &[4], &[1]);
     expect_refused(
         &mut t,
         "zip-storage-key-with-a-path",

@@ -891,19 +891,15 @@ fn save_tensors(path: &Path, tensors: Vec<(String, Vec<f32>, Vec<usize>)>) -> Re
         .ok_or_else(|| Error::Config(format!("bad path {}", path.display())))?;
     let tmp = dir.join(format!(".{name}.tmp"));
     let what = format!("the tensors of {name}");
-    if let Err(e) = candle_core::safetensors::save(&map, &tmp) {
-        let _ = std::fs::remove_file(&tmp);
-        // candle's message, without the backtrace it may carry.
-        let msg = match e {
-            candle_core::Error::WithBacktrace { inner, .. } => inner.to_string(),
-            e => e.to_string(),
-        };
-        return Err(geoloc_core::Error::write(what, &tmp, msg).into());
-    }
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        geoloc_core::Error::write(what, path, e).into()
-    })
+    Ok(geoloc_core::dataset::commit_file(
+        &tmp,
+        path,
+        &what,
+        |tmp| {
+            candle_core::safetensors::save(&map, tmp)
+                .map_err(|e| geoloc_models::candle_message(&e).into())
+        },
+    )?)
 }
 
 fn write_json(dir: &Path, name: &str, v: &impl Serialize) -> Result<(), Error> {
@@ -944,20 +940,18 @@ fn write_history(path: &Path, history: &[EpochRecord]) -> Result<(), Error> {
     let batch = RecordBatch::try_new(schema.clone(), cols).map_err(geoloc_core::Error::from)?;
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(".history.parquet.tmp");
-    let what = "the training history";
-    let written = (|| -> Result<(), geoloc_core::Error> {
-        let f =
-            std::fs::File::create(&tmp).map_err(|e| geoloc_core::Error::write(what, &tmp, e))?;
-        let perr = |e: parquet::errors::ParquetError| geoloc_core::Error::write(what, &tmp, e);
-        let mut w = parquet::arrow::ArrowWriter::try_new(f, schema, None).map_err(perr)?;
-        w.write(&batch).map_err(perr)?;
-        w.close().map_err(perr)?;
-        std::fs::rename(&tmp, path).map_err(|e| geoloc_core::Error::write(what, path, e))
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    Ok(written?)
+    Ok(geoloc_core::dataset::commit_file(
+        &tmp,
+        path,
+        "the training history",
+        |tmp| {
+            let mut w =
+                parquet::arrow::ArrowWriter::try_new(std::fs::File::create(tmp)?, schema, None)?;
+            w.write(&batch)?;
+            w.close()?;
+            Ok(())
+        },
+    )?)
 }
 
 fn load_tensors(path: &Path) -> Result<HashMap<String, Vec<f32>>, Error> {
