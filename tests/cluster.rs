@@ -61,10 +61,10 @@ fn slurm_scripts_shard_chain_and_requeue() {
         &[],
         true,
     ));
-    assert!(out.contains("for 12 instances"), "{out}");
+    assert!(out.contains("for 10 instances"), "{out}");
     let sub = root.join("sub");
     // Sharded kinds: an array and a finalize; the others one job each.
-    let crop = read(&sub.join("01-crop224.sbatch"));
+    let crop = read(&sub.join("03-squash52x48.sbatch"));
     assert!(crop.contains("#SBATCH --array=0-2%2"), "{crop}");
     assert!(crop.contains("--no-finalize"), "{crop}");
     assert!(!crop.contains("--gres"), "preprocess needs no GPU: {crop}");
@@ -74,23 +74,23 @@ fn slurm_scripts_shard_chain_and_requeue() {
         "#SBATCH --time=2:00:00",
         "#SBATCH --qos=long",
         "#SBATCH --kill-on-invalid-dep=yes",
-        "crop224-%A_%a.out",
+        "squash52x48-%A_%a.out",
     ] {
         assert!(crop.contains(want), "{want}: {crop}");
     }
-    let fin = read(&sub.join("01-crop224.finalize.sbatch"));
+    let fin = read(&sub.join("03-squash52x48.finalize.sbatch"));
     assert!(
         fin.contains("finalize") && fin.contains("--shards 3"),
         "{fin}"
     );
     assert!(!fin.contains("--array"), "{fin}");
-    let lite0 = read(&sub.join("05-lite0.sbatch"));
+    let lite0 = read(&sub.join("02-lite0.sbatch"));
     assert!(
         lite0.contains("#SBATCH --gres=gpu:1") && lite0.contains("--device cuda"),
         "{lite0}"
     );
     // Train: the GPU, and under the time limit a budget, then requeue on exit 75.
-    let train = read(&sub.join("07-country.sbatch"));
+    let train = read(&sub.join("04-country.sbatch"));
     assert!(train.contains("#SBATCH --gres=gpu:1") && train.contains("#SBATCH --requeue"));
     assert!(train.contains("#SBATCH --open-mode=append"), "{train}");
     assert!(
@@ -101,13 +101,13 @@ fn slurm_scripts_shard_chain_and_requeue() {
         train.contains("= 75 ]") && train.contains("scontrol requeue"),
         "{train}"
     );
-    assert!(!read(&sub.join("11-evaluate.sbatch")).contains("--gres"));
+    assert!(!read(&sub.join("09-evaluate.sbatch")).contains("--gres"));
     // submit.sh: each job after its inputs' last jobs (the finalize of a sharded one).
     let submit = read(&sub.join("submit.sh"));
-    assert!(submit.contains("submit crop224 shards 01-crop224.sbatch \"${J[ingest]}\""));
-    assert!(submit.contains("submit crop224 finalize 01-crop224.finalize.sbatch \"$LAST\""));
+    assert!(submit.contains("submit squash52x48 shards 03-squash52x48.sbatch \"${J[ingest]}\""));
+    assert!(submit.contains("submit squash52x48 finalize 03-squash52x48.finalize.sbatch \"$LAST\""));
     assert!(
-        submit.contains("submit country run 07-country.sbatch \"${J[lite0]}\" \"${J[ingest]}\"")
+        submit.contains("submit country run 04-country.sbatch \"${J[lite0]}\" \"${J[ingest]}\"")
     );
     assert!(submit.contains("--dependency=afterok:"));
     // The scripts are valid shell.
@@ -160,7 +160,7 @@ fn k8s_manifests_are_indexed_jobs_the_api_accepts() {
         &[],
         true,
     ));
-    assert!(out.contains("17 Job manifests for 12 instances"), "{out}");
+    assert!(out.contains("13 Job manifests for 10 instances"), "{out}");
     let dir = root.join("k8s");
     let mut names = Vec::new();
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -231,9 +231,9 @@ fn k8s_manifests_are_indexed_jobs_the_api_accepts() {
             "apply.sh waits for {n}"
         );
     }
-    // Applied in dependency order: ingest before crop224 before lite0 before evaluate.
+    // Applied in dependency order: ingest before squash52x48 and lite0, lite0 before evaluate.
     let pos = |s: &str| apply.find(s).unwrap();
-    assert!(pos("00-ingest") < pos("01-crop224") && pos("05-lite0") < pos("11-evaluate"));
+    assert!(pos("00-ingest") < pos("03-squash52x48") && pos("02-lite0") < pos("09-evaluate"));
 }
 
 /// One submission, two kinds of node: with `--gpu-binary`, `--gpu-partition` (Slurm) and
@@ -271,7 +271,7 @@ fn gpu_jobs_take_the_gpu_binary_partition_and_image_the_others_the_cpu_ones() {
         &[],
         true,
     ));
-    assert!(out.contains("for 12 instances"), "{out}");
+    assert!(out.contains("for 10 instances"), "{out}");
     let (mut gpu_jobs, mut cpu_jobs) = (0, 0);
     for e in std::fs::read_dir(root.join("sub")).unwrap() {
         let p = e.unwrap().path();

@@ -255,7 +255,7 @@ fn slurm_gpu_job_on_a_node_without_the_driver_stops_in_one_line() {
         &[],
         true,
     );
-    let script = root.join("sub/05-lite0.sbatch");
+    let script = root.join("sub/02-lite0.sbatch");
     let text = std::fs::read_to_string(&script).unwrap();
     assert!(text.contains(&format!("exec {}", bin.display())), "{text}");
     let out = Command::new("bash")

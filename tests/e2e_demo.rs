@@ -15,11 +15,9 @@ use support::{geoloc, shared_tiny_demo, stdout};
 const PIPE: &str = "pipelines/demo.toml";
 
 /// Every instance of the demo pipeline, in file order.
-const INSTANCES: [&str; 12] = [
+const INSTANCES: [&str; 10] = [
     "ingest",
-    "crop224",
     "squash52x48",
-    "squash150x90",
     "lite0",
     "hog",
     "country",
@@ -40,7 +38,7 @@ fn every_manifest_is_complete_and_the_features_use_the_real_lite0() {
         return;
     };
     let out = stdout(&geoloc(&["status", PIPE], &root, &[], true));
-    assert!(out.contains("12 of 12 instances fresh"), "{out}");
+    assert!(out.contains("10 of 10 instances fresh"), "{out}");
     for name in INSTANCES {
         let dir = root.join("runs/demo").join(name);
         let m =
@@ -378,7 +376,7 @@ fn the_runner_reruns_only_what_a_change_touches() {
     let text = text.replace(marker, &marker.replace("epochs = 30", "epochs = 25"));
     std::fs::write(&pipe, &text).unwrap();
     let out = stdout(&geoloc(&["status", PIPE], root, &[], true));
-    assert!(out.contains("10 of 12 instances fresh"), "{out}");
+    assert!(out.contains("8 of 10 instances fresh"), "{out}");
     let out = stdout(&geoloc(&["run", PIPE], root, &[], true));
     let ran: Vec<&str> = out
         .lines()
@@ -740,9 +738,7 @@ fn the_own_photos_pipeline_trains_and_predicts() {
     support::link_weights(root);
     let o = geoloc(&["run", "pipelines/photos.toml"], root, &[], true);
     let out = stdout(&o);
-    for i in [
-        "ingest", "crop224", "lite0", "geocells", "country", "evaluate",
-    ] {
+    for i in ["ingest", "lite0", "geocells", "country", "evaluate"] {
         assert!(
             root.join("runs/photos")
                 .join(i)

@@ -1,6 +1,8 @@
 //! featurize end to end through the real binary: the demo's Lite0 (the real checkpoint,
-//! recorded by its checksum) and HOG instances; sharding; a kill mid-run and a rerun that
-//! keeps the parts already closed; and the errors a user meets first.
+//! recorded by its checksum) and HOG instances, straight from the photos; the same features
+//! bit for bit as preprocess followed by featurize, on the demo photos and the shared real
+//! ones; sharding; a kill mid-run and a rerun that keeps the parts already closed (mid-photo
+//! too); and the errors a user meets first.
 
 mod support;
 
@@ -11,7 +13,7 @@ use geoloc_core::schema;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use support::{demo_project, geoloc, stderr, stdout};
+use support::{demo_project, geoloc, stderr, stdout, PIXEL_DEMO};
 
 const PIPE: &str = "pipelines/demo.toml";
 
@@ -42,20 +44,15 @@ fn demo_featurize_lite0_and_hog_with_shards() {
     };
     let p = demo_project(700);
     let root = p.path();
-    for inst in ["ingest", "crop224", "squash150x90", "lite0", "hog"] {
+    for inst in ["ingest", "lite0", "hog"] {
         geoloc(&["run", PIPE, "--only", inst], root, &[], true);
     }
-    let images = Dataset::open(&root.join("runs/demo/crop224"), &schema::images(224, 224)).unwrap();
-    let img_keys = {
-        let mut v = Vec::new();
-        for b in images.read_all().unwrap() {
-            let ids = b.column(0).as_string::<i32>();
-            for i in 0..b.num_rows() {
-                v.push((ids.value(i).to_owned(), 0u8));
-            }
-        }
-        v
-    };
+    // One row per usable photo, in samples order, and a reject for each of the others.
+    let samples = Dataset::open(&root.join("runs/demo/ingest"), &schema::samples()).unwrap();
+    let mut sample_ids = Vec::new();
+    samples
+        .for_each_sample(|r| sample_ids.push(r.id.to_owned()))
+        .unwrap();
 
     let ds = features(&root.join("runs/demo/lite0"));
     let meta = &ds.manifest.info.metadata;
@@ -72,7 +69,29 @@ fn demo_featurize_lite0_and_hog_with_shards() {
         want.as_str(),
         "the real checkpoint, by content"
     );
-    assert_eq!(keys(&ds), img_keys, "one row per image row, in order");
+    assert_eq!(meta["samples"], "ingest");
+    assert_eq!(meta["width"], 224);
+    assert_eq!(meta["geometry"]["kind"], "resize-crop");
+    let rejected: Vec<String> = ds
+        .read_rejects()
+        .unwrap()
+        .iter()
+        .flat_map(|b| {
+            let ids = b.column_by_name("id").unwrap().as_string::<i32>().clone();
+            (0..b.num_rows()).map(move |i| ids.value(i).to_owned())
+        })
+        .collect();
+    let usable: Vec<(String, u8)> = sample_ids
+        .iter()
+        .filter(|id| !rejected.contains(id))
+        .map(|id| (id.clone(), 0))
+        .collect();
+    assert_eq!(keys(&ds), usable, "one row per usable photo, in order");
+    assert_eq!(
+        usable.len() + rejected.len(),
+        sample_ids.len(),
+        "every photo is a row or a reject"
+    );
     // Pool features after ReLU6 lie in [0, 6], differ between photos, and are not constant.
     let b = &ds.read_all().unwrap()[0];
     let list = b.column(2).as_fixed_size_list();
@@ -92,7 +111,6 @@ fn demo_featurize_lite0_and_hog_with_shards() {
 
     // Two shards, then finalize: the same rows and bit-identical values.
     let runs = root.join("sharded");
-    support::copy_dir(&root.join("runs/demo/crop224"), &runs.join("crop224"));
     support::copy_dir(&root.join("runs/demo/ingest"), &runs.join("ingest"));
     for s in ["0/2", "1/2"] {
         let out = geoloc(
@@ -141,26 +159,33 @@ fn demo_featurize_lite0_and_hog_with_shards() {
     );
 }
 
-/// A config file run of Lite0 on random weights (no checkpoint needed), small parts.
-fn random_lite0_config(root: &Path) -> std::path::PathBuf {
+/// A config file run of Lite0 on random weights (no checkpoint needed), small parts; from
+/// photos with five views each when `geometry` is given.
+fn random_lite0_config(root: &Path, geometry: &str) -> std::path::PathBuf {
     let cfg = root.join("lite0-random.toml");
     std::fs::write(
         &cfg,
-        "backbone = 'lite0'\nlayer = 'pool'\nrandom_init = true\nseed = 5\nbatch = 16\npart_cap_mb = 1\n",
+        format!(
+            "backbone = 'lite0'\nlayer = 'pool'\nrandom_init = true\nseed = 5\nbatch = 16\npart_cap_mb = 1\n{geometry}"
+        ),
     )
     .unwrap();
     cfg
 }
 
+/// From photos, five views each, batches of 16 rows: parts end mid-photo, and the rerun
+/// after a kill continues from the view after the last one kept.
 #[test]
 fn killed_featurize_keeps_closed_parts_and_equals_an_uninterrupted_run() {
-    let p = demo_project(700);
+    let p = demo_project(600);
     let root = p.path();
-    for inst in ["ingest", "crop224"] {
-        geoloc(&["run", PIPE, "--only", inst], root, &[], true);
-    }
-    let cfg = random_lite0_config(root);
-    let input = root.join("runs/demo/crop224");
+    geoloc(&["run", PIPE, "--only", "ingest"], root, &[], true);
+    // Small crops keep the run short; the rows are 1280 features all the same.
+    let cfg = random_lite0_config(
+        root,
+        "geometry = { kind = 'resize-crop', resize = 128, crop = 112 }\nviews = { kind = 'five-crop' }\n",
+    );
+    let input = root.join("runs/demo/ingest");
     let args = |out: &str| {
         vec![
             "featurize".to_string(),
@@ -225,6 +250,16 @@ fn killed_featurize_keeps_closed_parts_and_equals_an_uninterrupted_run() {
         kept > 0 && kept < reference.manifest.rows,
         "kept {kept}: {out}"
     );
+    let cursors: Vec<serde_json::Value> = reference
+        .manifest
+        .parts
+        .iter()
+        .map(|p| p.cursor.clone().unwrap())
+        .collect();
+    assert!(
+        cursors.iter().any(|c| c["view"] != 0),
+        "some part ends mid-photo: {cursors:?}"
+    );
     let resumed = features(&killed);
     assert_eq!(resumed.manifest.rows, reference.manifest.rows);
     assert_eq!(
@@ -243,10 +278,11 @@ fn killed_featurize_keeps_closed_parts_and_equals_an_uninterrupted_run() {
 fn featurize_errors_name_the_fix() {
     let p = demo_project(60);
     let root = p.path();
-    geoloc(&["run", PIPE, "--only", "ingest"], root, &[], true);
-    geoloc(&["run", PIPE, "--only", "crop224"], root, &[], true);
+    geoloc(&["run", PIXEL_DEMO, "--only", "ingest"], root, &[], true);
+    geoloc(&["run", PIXEL_DEMO, "--only", "crop224"], root, &[], true);
     let input = root.join("runs/demo/crop224");
-    let run = |cfg: &str| {
+    let samples = root.join("runs/demo/ingest");
+    let run_on = |cfg: &str, input: &Path| {
         let f = root.join("c.toml");
         std::fs::write(&f, cfg).unwrap();
         stderr(&geoloc(
@@ -264,6 +300,18 @@ fn featurize_errors_name_the_fix() {
             false,
         ))
     };
+    let run = |cfg: &str| run_on(cfg, &input);
+    // From photos: the geometry is required; over pixels, the photo keys are refused.
+    let e = run_on("backbone = 'hog'", &samples);
+    assert!(
+        e.contains("needs `geometry`") && e.contains("resize-crop"),
+        "{e}"
+    );
+    let e = run("backbone = 'hog'\ngeometry = { kind = 'squash', width = 150, height = 90 }");
+    assert!(
+        e.contains("is an images dataset") && e.contains("only when featurizing from photos"),
+        "{e}"
+    );
     let e = run("backbone = 'lite0'");
     assert!(
         e.contains("cargo xtask fetch-lite0") && e.contains("random_init"),
@@ -325,7 +373,7 @@ fn featurize_errors_name_the_fix() {
 fn run_force_recomputes_featurize_instead_of_keeping_its_parts() {
     let p = demo_project(200);
     let root = p.path();
-    for inst in ["ingest", "squash150x90", "hog"] {
+    for inst in ["ingest", "hog"] {
         geoloc(&["run", PIPE, "--only", inst], root, &[], true);
     }
     let dir = root.join("runs/demo/hog");
@@ -371,4 +419,151 @@ fn run_force_recomputes_featurize_instead_of_keeping_its_parts() {
     ));
     assert!(stage.contains(&format!("({n} computed, 0 kept")), "{stage}");
     assert_eq!(checksum(&dir), sum_before);
+}
+
+/// (id, reason) of every reject of a dataset, in order.
+fn rejects(ds: &Dataset) -> Vec<(String, String)> {
+    let mut v = Vec::new();
+    for b in ds.read_rejects().unwrap() {
+        let ids = b.column_by_name("id").unwrap().as_string::<i32>();
+        let reasons = b.column_by_name("reason").unwrap().as_string::<i32>();
+        for i in 0..b.num_rows() {
+            v.push((ids.value(i).to_owned(), reasons.value(i).to_owned()));
+        }
+    }
+    v
+}
+
+/// Featurizes `samples` twice, through a pixel dataset (preprocess, then featurize) and
+/// from the photos, with the same settings; asserts the two are the same: every row and
+/// view in order, every feature value (the manifests' per-column checksums of xxh3-128 row
+/// hashes), and the same rejects. Returns the rows and rejects.
+fn assert_photos_equal_pixels(
+    root: &Path,
+    name: &str,
+    samples: &Path,
+    photo_keys: &str,
+    backbone: &str,
+) -> (usize, usize) {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    // Config files resolve their paths (the samples' images root) against their folder.
+    let write = |file: &str, text: String| {
+        let f = root.join(format!("{name}-{file}"));
+        std::fs::write(&f, text).unwrap();
+        f
+    };
+    let pre = write("pre.toml", photo_keys.to_string());
+    let feat = write("feat.toml", backbone.to_string());
+    let direct = write("direct.toml", format!("{backbone}\n{photo_keys}"));
+    let run = |args: &[&Path]| {
+        let [stage_cfg, input, out] = args else {
+            unreachable!()
+        };
+        let cmd = if *stage_cfg == pre {
+            "preprocess"
+        } else {
+            "featurize"
+        };
+        stdout(&geoloc(
+            &[
+                cmd,
+                "--config",
+                stage_cfg.to_str().unwrap(),
+                "--input",
+                input.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            root,
+            &[],
+            true,
+        ))
+    };
+    let (pixels, via, from) = (dir.join("pixels"), dir.join("via"), dir.join("from"));
+    run(&[&pre, samples, &pixels]);
+    run(&[&feat, &pixels, &via]);
+    let line = run(&[&direct, samples, &from]);
+    assert!(line.contains("from photos:"), "{line}");
+    let pixels = geoloc_preprocess::open(&pixels).unwrap();
+    let (via, from) = (features(&via), features(&from));
+    assert_eq!(keys(&from), keys(&via), "{name}: rows and views, in order");
+    assert_eq!(
+        from.manifest.columns, via.manifest.columns,
+        "{name}: every value the same (column checksums)"
+    );
+    assert_eq!(
+        rejects(&from),
+        rejects(&pixels),
+        "{name}: the same rejects with the same reasons"
+    );
+    assert_eq!(
+        from.manifest.info.metadata["geometry"],
+        via.manifest.info.metadata["geometry"]
+    );
+    assert_eq!(
+        from.manifest.info.metadata["views"],
+        via.manifest.info.metadata["views"]
+    );
+    assert!(from.manifest.rows > 0, "{name}: no rows: {line}");
+    (from.manifest.rows as usize, rejects(&from).len())
+}
+
+/// Featurize from photos equals preprocess followed by featurize, bit for bit: on the demo
+/// photos (ten-crop views, batches that split photos, greyscale converted) and on the real
+/// photos of `../shared/data/photos` (EXIF orientations, large JPEGs at a DCT scale); the
+/// demo's broken photos give the same rejects. Lite0 on random weights (the kernels are those of the real
+/// checkpoint) and HOG.
+#[test]
+fn featurize_from_photos_equals_preprocess_then_featurize() {
+    let p = demo_project(120);
+    let root = p.path();
+    geoloc(&["run", PIPE, "--only", "ingest"], root, &[], true);
+    let demo = root.join("runs/demo/ingest");
+    let lite0 = "backbone = 'lite0'\nlayer = 'pool'\nrandom_init = true\nseed = 11\nbatch = 7";
+    let (rows, _) = assert_photos_equal_pixels(
+        root,
+        "demo-lite0",
+        &demo,
+        "geometry = { kind = 'resize-crop', resize = 256, crop = 224 }\nviews = { kind = 'ten-crop' }\ngreyscale = 'convert'",
+        lite0,
+    );
+    assert!(rows >= 500, "ten views of 50+ photos: {rows}");
+    assert_photos_equal_pixels(
+        root,
+        "demo-hog",
+        &demo,
+        "geometry = { kind = 'squash', width = 150, height = 90 }",
+        "backbone = 'hog'",
+    );
+
+    let Some(shared) = geoloc_core::fixtures::shared_dir(env!("CARGO_MANIFEST_DIR")) else {
+        return;
+    };
+    std::os::unix::fs::symlink(shared.join("data/photos"), root.join("photos")).unwrap();
+    let pipe = root.join("pipelines/photos.toml");
+    std::fs::copy(support::workspace().join("pipelines/photos.toml"), &pipe).unwrap();
+    geoloc(
+        &["run", "pipelines/photos.toml", "--only", "ingest"],
+        root,
+        &[],
+        true,
+    );
+    let real = root.join("runs/photos/ingest");
+    let (rows, rejected) = assert_photos_equal_pixels(
+        root,
+        "real-lite0",
+        &real,
+        "geometry = { kind = 'resize-crop', resize = 224, crop = 224 }\nviews = { kind = 'five-crop' }",
+        lite0,
+    );
+    eprintln!("real photos: {rows} rows, {rejected} rejects, identical");
+    assert!(rows >= 5 * 50, "five views of the real photos: {rows}");
+    assert_photos_equal_pixels(
+        root,
+        "real-hog",
+        &real,
+        "geometry = { kind = 'squash', width = 150, height = 90 }\ngreyscale = 'convert'",
+        "backbone = 'hog'",
+    );
 }

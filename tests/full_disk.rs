@@ -180,14 +180,7 @@ fn full_disks_stop_with_the_path_commit_nothing_and_rerun_equal() {
         demo.replace(all, r#"inputs = ["ingest", "hog", "hog_svm"]"#),
     )
     .unwrap();
-    for i in [
-        "ingest",
-        "squash150x90",
-        "hog",
-        "hog_svm",
-        "crop224",
-        "evaluate",
-    ] {
+    for i in ["ingest", "hog", "hog_svm", "squash52x48", "evaluate"] {
         geoloc(
             &["run", pipe, "--only", i, "--runs-dir", "reference"],
             root,
@@ -201,28 +194,15 @@ fn full_disks_stop_with_the_path_commit_nothing_and_rerun_equal() {
     let images = |d: &Path| dataset_result(geoloc_preprocess::open(d).map_err(|e| e.to_string()));
     let features = |d: &Path| dataset_result(geoloc_featurize::open(d).map_err(|e| e.to_string()));
     fill_then_rerun(root, pipe, "ingest", &[], 0.4, samples);
-    fill_then_rerun(root, pipe, "crop224", &["ingest"], 0.4, images);
-    fill_then_rerun(
-        root,
-        pipe,
-        "hog",
-        &["ingest", "squash150x90"],
-        0.4,
-        features,
-    );
-    fill_then_rerun(
-        root,
-        pipe,
-        "hog_svm",
-        &["ingest", "squash150x90", "hog"],
-        0.3,
-        model_result,
-    );
+    fill_then_rerun(root, pipe, "squash52x48", &["ingest"], 0.4, images);
+    // HOG from the photos: the photos are read from the project, not the small disk.
+    fill_then_rerun(root, pipe, "hog", &["ingest"], 0.4, features);
+    fill_then_rerun(root, pipe, "hog_svm", &["ingest", "hog"], 0.3, model_result);
     fill_then_rerun(
         root,
         pipe,
         "evaluate",
-        &["ingest", "squash150x90", "hog", "hog_svm"],
+        &["ingest", "hog", "hog_svm"],
         0.5,
         evaluation_result,
     );

@@ -128,15 +128,12 @@ fn kill_then_rerun_in(
 }
 
 fn run_reference(root: &Path, instance: &str) {
+    run_reference_in(root, "pipelines/demo.toml", instance);
+}
+
+fn run_reference_in(root: &Path, pipe: &str, instance: &str) {
     geoloc(
-        &[
-            "run",
-            "pipelines/demo.toml",
-            "--only",
-            instance,
-            "--runs-dir",
-            "reference",
-        ],
+        &["run", pipe, "--only", instance, "--runs-dir", "reference"],
         root,
         &[],
         true,
@@ -159,11 +156,12 @@ fn killed_preprocess_is_refused_then_rerun_equals_an_uninterrupted_run() {
     let p = support::demo_project(800);
     let root = p.path();
     run_reference(root, "ingest");
-    run_reference(root, "crop224");
+    run_reference_in(root, support::PIXEL_DEMO, "crop224");
     let open = |d: &Path| dataset_result(geoloc_preprocess::open(d).map_err(|e| e.to_string()));
     let reference = open(&root.join("reference/crop224")).unwrap();
-    kill_then_rerun(
+    kill_then_rerun_in(
         root,
+        support::PIXEL_DEMO,
         "crop224",
         &[0, 150, 400, 900],
         &reference,
@@ -172,14 +170,14 @@ fn killed_preprocess_is_refused_then_rerun_equals_an_uninterrupted_run() {
     );
 }
 
-/// featurize (HOG) and train (the linear SVM on it) killed at several moments: refused until
-/// committed, and a rerun (featurize keeping closed parts, train resuming its checkpoint)
-/// equals the uninterrupted run.
+/// featurize (HOG, from the photos) and train (the linear SVM on it) killed at several
+/// moments: refused until committed, and a rerun (featurize keeping closed parts, train
+/// resuming its checkpoint) equals the uninterrupted run.
 #[test]
 fn killed_featurize_and_train_are_refused_then_rerun_equals_an_uninterrupted_run() {
     let p = support::demo_project(800);
     let root = p.path();
-    for i in ["ingest", "squash150x90", "hog", "hog_svm"] {
+    for i in ["ingest", "hog", "hog_svm"] {
         run_reference(root, i);
     }
     let copy = |out: &Path, insts: &[&str]| {
@@ -190,7 +188,7 @@ fn killed_featurize_and_train_are_refused_then_rerun_equals_an_uninterrupted_run
     let open = |d: &Path| dataset_result(geoloc_featurize::open(d).map_err(|e| e.to_string()));
     let reference = open(&root.join("reference/hog")).unwrap();
     kill_then_rerun(root, "hog", &[0, 300, 700, 1500], &reference, open, |out| {
-        copy(out, &["ingest", "squash150x90"])
+        copy(out, &["ingest"])
     });
     let reference = model_result(&root.join("reference/hog_svm")).unwrap();
     kill_then_rerun(
@@ -199,7 +197,7 @@ fn killed_featurize_and_train_are_refused_then_rerun_equals_an_uninterrupted_run
         &[0, 400, 1200, 2500],
         &reference,
         model_result,
-        |out| copy(out, &["ingest", "squash150x90", "hog"]),
+        |out| copy(out, &["ingest", "hog"]),
     );
 }
 
@@ -220,7 +218,7 @@ fn killed_evaluate_is_refused_then_rerun_equals_an_uninterrupted_run() {
         demo.replace(all, r#"inputs = ["ingest", "hog", "hog_svm"]"#),
     )
     .unwrap();
-    for i in ["ingest", "squash150x90", "hog", "hog_svm", "evaluate"] {
+    for i in ["ingest", "hog", "hog_svm", "evaluate"] {
         geoloc(
             &["run", pipe, "--only", i, "--runs-dir", "reference"],
             root,
@@ -237,7 +235,7 @@ fn killed_evaluate_is_refused_then_rerun_equals_an_uninterrupted_run() {
         &reference,
         evaluation_result,
         |out| {
-            for i in ["ingest", "squash150x90", "hog", "hog_svm"] {
+            for i in ["ingest", "hog", "hog_svm"] {
                 support::copy_dir(&root.join("reference").join(i), &out.join(i));
             }
         },

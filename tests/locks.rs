@@ -107,9 +107,7 @@ fn a_second_run_is_refused_naming_the_holder_or_waits_for_it() {
 fn shards_run_side_by_side_but_one_shard_and_the_finalize_have_one_writer() {
     let p = demo_project(150);
     let root = p.path();
-    for inst in ["ingest", "squash150x90"] {
-        geoloc(&["run", PIPE, "--only", inst], root, &[], true);
-    }
+    geoloc(&["run", PIPE, "--only", "ingest"], root, &[], true);
     let dir = root.join("runs/demo/hog");
     let shard0 = Shard::new(0, 2).unwrap();
     let held = lock::for_shard(&dir, shard0).unwrap();
@@ -164,9 +162,7 @@ fn concurrent_runs_leave_one_intact_output_and_a_killed_holder_frees_its_lock() 
     let p = demo_project(260);
     let root = p.path();
     support::link_weights(root);
-    for inst in ["ingest", "crop224"] {
-        geoloc(&["run", PIPE, "--only", inst], root, &[], true);
-    }
+    geoloc(&["run", PIPE, "--only", "ingest"], root, &[], true);
     let dir = root.join("runs/demo/lite0");
     let mut first = spawn(root, &["run", PIPE, "--only", "lite0"]);
     wait_until_locked(&dir, &mut first);

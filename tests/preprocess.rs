@@ -39,7 +39,7 @@ fn rows(dir: &std::path::Path) -> (Pixels, Vec<String>) {
 fn preprocess_writes_pixels_rejects_broken_photos_and_shards_alike() {
     let p = demo_project(600);
     let root = p.path();
-    let pipe = "pipelines/demo.toml";
+    let pipe = support::PIXEL_DEMO;
     geoloc(&["run", pipe, "--only", "ingest"], root, &[], true);
     let out = stdout(&geoloc(
         &["preprocess", "--pipeline", pipe, "--instance", "crop224"],
@@ -156,7 +156,7 @@ fn changing_splits_reruns_no_preprocess_but_a_changed_photo_does() {
     let text = std::fs::read_to_string(root.join(pipe)).unwrap();
     // Keep the test quick: only the smallest geometry.
     let text = text
-        .split("[stages.crop224]")
+        .split("[stages.squash52x48]")
         .next()
         .unwrap()
         .to_string()

@@ -67,9 +67,62 @@ fn project(rows: usize, synth_flags: &[&str]) -> tempfile::TempDir {
         t.path().join("pipelines/demo.toml"),
     )
     .unwrap();
+    std::fs::write(t.path().join(PIXEL_DEMO), pixel_demo()).unwrap();
     synth_with(t.path(), rows, synth_flags);
     link_weights(t.path());
     t
+}
+
+/// The demo pipeline with pixel datasets between the photos and the features (each test
+/// project has it): preprocess instances `crop224` and `squash150x90`, which `lite0` and
+/// `hog` read, the layout users who want pixel datasets keep, and which the tests of
+/// preprocess and of featurize over an images dataset run.
+pub const PIXEL_DEMO: &str = "pipelines/demo-pixels.toml";
+
+/// The text of [`PIXEL_DEMO`], made from the demo's.
+pub fn pixel_demo() -> String {
+    let demo = std::fs::read_to_string(workspace().join("pipelines/demo.toml")).unwrap();
+    let swaps = [
+        (
+            "[stages.lite0]\nkind = \"featurize\"\ninputs = [\"ingest\"]",
+            "[stages.lite0]\nkind = \"featurize\"\ninputs = [\"crop224\"]",
+        ),
+        (
+            "[stages.hog]\nkind = \"featurize\"\ninputs = [\"ingest\"]",
+            "[stages.hog]\nkind = \"featurize\"\ninputs = [\"squash150x90\"]",
+        ),
+        (
+            "weights = \"data/weights/efficientnet-lite0.pth\"\ngeometry = { kind = \"resize-crop\", resize = 224, crop = 224 }\n",
+            "weights = \"data/weights/efficientnet-lite0.pth\"\n",
+        ),
+        (
+            "backbone = \"hog\"\ngeometry = { kind = \"squash\", width = 150, height = 90 }\n",
+            "backbone = \"hog\"\n",
+        ),
+    ];
+    let mut text = demo;
+    for (from, to) in swaps {
+        assert!(
+            text.contains(from),
+            "the demo pipeline changed: no {from:?}"
+        );
+        text = text.replace(from, to);
+    }
+    text + r#"
+[stages.crop224]
+kind = "preprocess"
+inputs = ["ingest"]
+
+[stages.crop224.config]
+geometry = { kind = "resize-crop", resize = 224, crop = 224 }
+
+[stages.squash150x90]
+kind = "preprocess"
+inputs = ["ingest"]
+
+[stages.squash150x90.config]
+geometry = { kind = "squash", width = 150, height = 90 }
+"#
 }
 
 /// Links the workspace's `data/weights` (the Lite0 checkpoint, `cargo xtask fetch-lite0`)

@@ -635,7 +635,7 @@ mod tests {
             "{on:?}"
         );
         assert!(
-            off.contains(&"ingest") && off.contains(&"crop224") && off.contains(&"evaluate"),
+            off.contains(&"ingest") && off.contains(&"squash52x48") && off.contains(&"evaluate"),
             "{off:?}"
         );
         assert_eq!(cuda.lines().count(), text.lines().count() + on.len());

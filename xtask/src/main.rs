@@ -9,6 +9,8 @@
 //!   cargo xtask bench-ingest [--rows N] [--threads "1 2"]   ingest vs polars and DuckDB
 //!   cargo xtask bench-preprocess [--n 200] [--large 12] [--threads "1 2"] [--reps 3]
 //!                                            224 centre crop vs Pillow and torchvision
+//!   cargo xtask bench-scale [--rows N] [--lite0-split test] [--epochs 5]
+//!                                            the stages at N photos: rates, peak RSS, disk
 //!   cargo xtask cuda-toolchain               CUDA 13.0 compiler wheels into target/ (pip)
 //!   cargo xtask build-cuda [--cap 90] [--profile release] [--cuda-home DIR]
 //!                                            the CUDA geoloc, into target/cuda/
@@ -20,6 +22,7 @@ use std::process::Command;
 use std::time::Instant;
 
 mod cuda;
+mod scale;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -110,7 +113,7 @@ fn main() -> Result<()> {
     let Some(task) = args.first() else {
         eprintln!(
             "usage: cargo xtask <demo|fetch-lite0|run|status|slurm|k8s|bench-ingest|\
-             bench-preprocess|bench-featurize|bench-train|cuda-toolchain|build-cuda|gpu-bundle|fuzz|fetch-heif> ..."
+             bench-preprocess|bench-featurize|bench-train|bench-scale|cuda-toolchain|build-cuda|gpu-bundle|fuzz|fetch-heif> ..."
         );
         std::process::exit(2);
     };
@@ -126,6 +129,7 @@ fn main() -> Result<()> {
         }
         "bench-ingest" => bench_ingest(rest),
         "bench-preprocess" => bench_preprocess(rest),
+        "bench-scale" => scale::bench_scale(rest),
         "cuda-toolchain" => cuda::toolchain().map(|p| println!("{}", p.display())),
         "build-cuda" => cuda::build(rest).map(|_| ()),
         "gpu-bundle" => cuda::bundle(rest),

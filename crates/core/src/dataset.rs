@@ -128,6 +128,11 @@ pub struct PartSidecar {
     /// be kept by a later run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume_key: Option<String>,
+    /// Set by a stage through [`DatasetWriter::set_cursor`]: where in its input the part
+    /// ends, for a stage whose rows do not map one to one onto its input's (featurize from
+    /// photos: a photo gives several views or a reject).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<serde_json::Value>,
 }
 
 /// The marker a shard writes once all of its parts are in place.
@@ -365,6 +370,7 @@ pub struct DatasetWriter {
     started: Instant,
     key_idx: Vec<usize>,
     resume_key: Option<String>,
+    cursor: Option<serde_json::Value>,
 }
 
 impl DatasetWriter {
@@ -424,6 +430,7 @@ impl DatasetWriter {
             started: Instant::now(),
             key_idx,
             resume_key: None,
+            cursor: None,
         })
     }
 
@@ -511,9 +518,23 @@ impl DatasetWriter {
         let rows = kept.iter().map(|p| p.rows).sum();
         let mut w = Self::create_in_place(dir, schema, shard, opts)?;
         w.next_seq = kept.len() as u32;
+        w.cursor = kept.last().and_then(|p| p.cursor.clone());
         w.done = kept;
         w.resume_key = Some(resume_key.to_owned());
         Ok((w, rows))
+    }
+
+    /// Records where in the stage's input the rows written so far end; a part closed from
+    /// now on carries it (until the next call). Set it before the [`DatasetWriter::write`]
+    /// and [`DatasetWriter::reject`] calls it describes: a write may close the part.
+    pub fn set_cursor(&mut self, cursor: serde_json::Value) {
+        self.cursor = Some(cursor);
+    }
+
+    /// After [`DatasetWriter::resume`]: the cursor of the last part kept (`None` when no
+    /// part was kept or the stage sets none); the stage continues its input from there.
+    pub fn cursor(&self) -> Option<&serde_json::Value> {
+        self.cursor.as_ref()
     }
 
     /// The directory being written.
@@ -683,6 +704,7 @@ impl DatasetWriter {
             columns,
             seconds: part.started.elapsed().as_secs_f64(),
             resume_key: self.resume_key.clone(),
+            cursor: self.cursor.clone(),
         };
         write_json_atomic(&self.dir, &format!("part-{st}.json"), &sidecar)?;
         self.done.push(sidecar);

@@ -118,34 +118,23 @@ impl Fingerprint {
     /// labels, sizes and modification times; a missing file counts as missing, not as an
     /// error (the stage will reject it, and the file appearing later changes the digest).
     pub fn file_set<'a>(
-        mut self,
+        self,
         label: &str,
         files: impl IntoIterator<Item = (&'a str, PathBuf)>,
     ) -> Self {
-        let mut h = blake3::Hasher::new();
-        let mut n = 0u64;
+        let mut set = FileSet::default();
         for (name, path) in files {
-            h.update(name.as_bytes());
-            h.update(&[0]);
-            match std::fs::metadata(&path) {
-                Ok(m) => {
-                    let mtime = m
-                        .modified()
-                        .ok()
-                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                        .map(|d| d.as_nanos())
-                        .unwrap_or(0);
-                    h.update(&m.len().to_le_bytes());
-                    h.update(&mtime.to_le_bytes());
-                }
-                Err(_) => {
-                    h.update(b"missing");
-                }
-            }
-            n += 1;
+            set.add(name, path);
         }
-        self.files
-            .push(json!({"set": label, "files": n, "digest": h.finalize().to_hex().to_string()}));
+        self.files_of(label, set)
+    }
+
+    /// Adds a [`FileSet`] built file by file (see [`Fingerprint::file_set`]).
+    pub fn files_of(mut self, label: &str, mut set: FileSet) -> Self {
+        set.flush();
+        self.files.push(
+            json!({"set": label, "files": set.n, "digest": set.h.finalize().to_hex().to_string()}),
+        );
         self
     }
 
@@ -156,6 +145,71 @@ impl Fingerprint {
         // serde_json's Map is a BTreeMap (no preserve_order feature): keys come out sorted.
         let bytes = serde_json::to_vec(&Value::Object(self.doc)).expect("a JSON value serialises");
         blake3::hash(&bytes).to_hex().to_string()
+    }
+}
+
+/// A digest of many files' names, sizes and modification times, fed one file at a time
+/// and stat'ed a block at a time on rayon's pool (see [`Fingerprint::files_of`]). Holds
+/// one block, not the whole list. The digest does not depend on the block size.
+pub struct FileSet {
+    h: blake3::Hasher,
+    n: u64,
+    block: Vec<(String, PathBuf)>,
+}
+
+impl Default for FileSet {
+    fn default() -> Self {
+        FileSet {
+            h: blake3::Hasher::new(),
+            n: 0,
+            block: Vec::with_capacity(FileSet::BLOCK),
+        }
+    }
+}
+
+impl FileSet {
+    /// Files stat'ed together.
+    const BLOCK: usize = 4096;
+
+    /// Adds one file under the name that labels it (its path relative to a root).
+    pub fn add(&mut self, name: &str, path: PathBuf) {
+        self.block.push((name.to_owned(), path));
+        if self.block.len() >= Self::BLOCK {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        use rayon::prelude::*;
+        let stats: Vec<Option<(u64, u128)>> = self
+            .block
+            .par_iter()
+            .map(|(_, path)| {
+                std::fs::metadata(path).ok().map(|m| {
+                    let mtime = m
+                        .modified()
+                        .ok()
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map(|d| d.as_nanos())
+                        .unwrap_or(0);
+                    (m.len(), mtime)
+                })
+            })
+            .collect();
+        for ((name, _), stat) in self.block.drain(..).zip(stats) {
+            self.h.update(name.as_bytes());
+            self.h.update(&[0]);
+            match stat {
+                Some((len, mtime)) => {
+                    self.h.update(&len.to_le_bytes());
+                    self.h.update(&mtime.to_le_bytes());
+                }
+                None => {
+                    self.h.update(b"missing");
+                }
+            }
+            self.n += 1;
+        }
     }
 }
 

@@ -10,11 +10,12 @@
 //!   random windows);
 //! - [`orient`]: EXIF orientation.
 //!
-//! [`prepare`] is the whole chain for one file's bytes. Nothing here panics on input data:
-//! every failure is a [`DecodeError`] with a stable reason code.
+//! [`prepare`] is the whole chain for one file's bytes, [`prepare_photo`] for one photo of a
+//! samples dataset (read, prepare, or the reject row saying why not). Nothing here panics on
+//! input data: every failure is a [`DecodeError`] with a stable reason code.
 //!
-//! Architecture invariant: no I/O beyond the bytes handed in (and loading libheif), no
-//! datasets, no stage. The
+//! Architecture invariant: no I/O beyond reading the photo file named (and loading
+//! libheif), no datasets, no stage. The
 //! output is raw u8 RGB, row-major HWC, not normalised (the consumer owns normalisation).
 
 pub mod decode;
@@ -66,4 +67,42 @@ pub fn prepare(
         views,
         info: d.info,
     })
+}
+
+impl PrepareOptions {
+    /// The seed of a photo's random views: its sample id hashed with the views' seed, so a
+    /// photo gets the same windows in every stage and shard.
+    pub fn image_seed(&self, id: &str) -> u64 {
+        let seed = match self.views {
+            Views::Random { seed, .. } => seed,
+            _ => 0,
+        };
+        xxhash_rust::xxh64::xxh64(id.as_bytes(), seed)
+    }
+}
+
+/// Reads one photo of a samples dataset from under `root` and prepares it, or says why it
+/// gives no image as the reject row preprocess and featurize write (`missing-file`,
+/// `io-error`, or a [`DecodeError::reason`]).
+pub fn prepare_photo(
+    photo: &geoloc_core::photos::Photo,
+    root: &std::path::Path,
+    opts: &PrepareOptions,
+) -> Result<Prepared, geoloc_core::dataset::Reject> {
+    let path = root.join(&photo.image);
+    let reject = |reason: &'static str, detail: String| geoloc_core::dataset::Reject {
+        id: Some(photo.id.clone()),
+        input: path.display().to_string(),
+        line: None,
+        reason,
+        detail,
+    };
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(reject("missing-file", "no such file".into()))
+        }
+        Err(e) => return Err(reject("io-error", e.to_string())),
+    };
+    prepare(&bytes, opts, opts.image_seed(&photo.id)).map_err(|e| reject(e.reason(), e.to_string()))
 }

@@ -9,19 +9,20 @@
 //!
 //! Shards take contiguous ranges of the samples rows, so output order is samples order and
 //! does not depend on thread timing. Decoding runs on rayon's pool, a chunk of images at a
-//! time, while the writer thread writes the previous chunk: at most two chunks are in memory.
+//! time, ahead of the writer thread (`geoloc_core::ahead`): at most three chunks are in memory.
 //!
 //! The public face: [`Config`], [`run`], [`finalize`], [`fingerprint`], [`Summary`].
 
 use arrow::array::{ArrayRef, FixedSizeBinaryBuilder, RecordBatch, StringBuilder, UInt8Builder};
+use geoloc_core::ahead::Ahead;
 use geoloc_core::dataset::{
-    self, Dataset, DatasetWriter, Manifest, ManifestInfo, PartFormat, Reject, WriterOptions,
+    self, Dataset, DatasetWriter, Manifest, ManifestInfo, PartFormat, WriterOptions,
 };
 use geoloc_core::fingerprint::Fingerprint;
+use geoloc_core::photos::{self, Selection};
 use geoloc_core::schema;
 use geoloc_core::stage::{Context, Input};
 use geoloc_imaging::{Geometry, Greyscale, Limits, PrepareOptions, Views};
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -136,59 +137,26 @@ fn validate(cfg: &Config) -> Result<(), Error> {
         .map_err(|e| Error::Config(e.to_string()))
 }
 
-/// One photo to prepare.
-struct Photo {
-    id: String,
-    image: String,
-}
-
-/// The samples rows (id, image) of the configured splits, in dataset order.
-fn photos(cfg: &Config, samples: &Input) -> Result<Vec<Photo>, Error> {
-    let ds = Dataset::open(&samples.dir, &schema::samples())?;
-    let mut out = Vec::new();
-    ds.for_each_batch(|b| {
-        let col = |n: &str| {
-            b.column_by_name(n)
-                .and_then(|c| c.as_any().downcast_ref::<arrow::array::StringArray>())
-                .cloned()
-                .ok_or_else(|| geoloc_core::Error::Config(format!("samples without utf8 `{n}`")))
-        };
-        let (id, image, split) = (col("id")?, col("image")?, col("split")?);
-        for i in 0..b.num_rows() {
-            if let Some(s) = &cfg.splits {
-                if !s.iter().any(|x| x == split.value(i)) {
-                    continue;
-                }
-            }
-            out.push(Photo {
-                id: id.value(i).to_owned(),
-                image: image.value(i).to_owned(),
-            });
+impl Config {
+    /// How each photo is made ready.
+    pub fn prepare_options(&self) -> PrepareOptions {
+        PrepareOptions {
+            decode: geoloc_imaging::DecodeOptions {
+                limits: self.limits,
+                greyscale: self.greyscale,
+            },
+            geometry: self.geometry,
+            views: self.views,
+            dct_scaling: self.dct_scaling,
         }
-        Ok(())
-    })?;
-    Ok(out)
-}
+    }
 
-/// The images root: the config's, else the one the samples manifest records.
-fn images_root(cfg: &Config, ctx: &Context, samples: &Input) -> Result<PathBuf, Error> {
-    let from_samples = samples
-        .manifest
-        .info
-        .metadata
-        .get("images_root")
-        .and_then(|v| v.as_str())
-        .map(PathBuf::from);
-    cfg.images_root
-        .clone()
-        .or(from_samples)
-        .map(|p| ctx.resolve(&p))
-        .ok_or_else(|| {
-            Error::Config(format!(
-                "no images root: set `images_root` in this config or in the ingest config of `{}`",
-                samples.name
-            ))
-        })
+    fn selection<'a>(&'a self, samples: &'a Input) -> Selection<'a> {
+        Selection {
+            samples,
+            splits: self.splits.as_deref(),
+        }
+    }
 }
 
 /// The fingerprint: config, the samples' `id` and `image` columns (and `split` when the
@@ -196,86 +164,20 @@ fn images_root(cfg: &Config, ctx: &Context, samples: &Input) -> Result<PathBuf, 
 /// modification time. Labels, coordinates and splits do not enter: changing them reruns no
 /// preprocess.
 pub fn fingerprint(cfg: &Config, ctx: &Context, samples: &Input) -> Result<String, Error> {
-    let root = images_root(cfg, ctx, samples)?;
-    let list = photos(cfg, samples)?;
-    let columns: &[&str] = if cfg.splits.is_some() {
-        &["id", "image", "split"]
-    } else {
-        &["id", "image"]
-    };
-    let fp = Fingerprint::new(KIND, FORMAT_VERSION)
-        .config(cfg)?
-        .dataset(&samples.name, &samples.manifest, columns, &["images_root"])?
-        .file_set(
-            "images",
-            list.iter().map(|p| (p.image.as_str(), root.join(&p.image))),
-        );
-    Ok(fp.finish())
-}
-
-/// What a chunk of photos gave, in order.
-enum Outcome {
-    Ok {
-        id: String,
-        views: Vec<geoloc_imaging::View>,
-        dct_scaled: bool,
-        reoriented: bool,
-    },
-    Rejected(Reject),
-}
-
-fn prepare_one(p: &Photo, root: &Path, opts: &PrepareOptions, seed: u64) -> Outcome {
-    let path = root.join(&p.image);
-    let reject = |reason: &'static str, detail: String| {
-        Outcome::Rejected(Reject {
-            id: Some(p.id.clone()),
-            input: path.display().to_string(),
-            line: None,
-            reason,
-            detail,
-        })
-    };
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return reject("missing-file", "no such file".into())
-        }
-        Err(e) => return reject("io-error", e.to_string()),
-    };
-    let image_seed = xxhash_rust::xxh64::xxh64(p.id.as_bytes(), seed);
-    match geoloc_imaging::prepare(&bytes, opts, image_seed) {
-        Ok(prep) => Outcome::Ok {
-            id: p.id.clone(),
-            views: prep.views,
-            dct_scaled: prep.info.dct_scale > 1,
-            reoriented: prep.info.orientation != geoloc_imaging::Orientation::Normal,
-        },
-        Err(e) => reject(e.reason(), e.to_string()),
-    }
+    let root = photos::images_root(cfg.images_root.as_deref(), ctx, samples)?;
+    let fp = Fingerprint::new(KIND, FORMAT_VERSION).config(cfg)?;
+    Ok(cfg.selection(samples).fingerprint(fp, &root)?.finish())
 }
 
 /// Runs preprocess for `ctx.shard`: writes that shard's parts, rejects and marker.
 pub fn run(cfg: &Config, ctx: &Context, samples: &Input) -> Result<Summary, Error> {
     validate(cfg)?;
     let t0 = Instant::now();
-    let root = images_root(cfg, ctx, samples)?;
-    let all = photos(cfg, samples)?;
-    let range = ctx.shard.range(all.len() as u64);
-    let mine = &all[range.start as usize..range.end as usize];
+    let root = photos::images_root(cfg.images_root.as_deref(), ctx, samples)?;
+    let selection = cfg.selection(samples);
+    let mine = selection.range(ctx.shard.range(selection.count()?))?;
     let (w, h) = cfg.geometry.output_size();
-    let opts = PrepareOptions {
-        decode: geoloc_imaging::DecodeOptions {
-            limits: cfg.limits,
-            greyscale: cfg.greyscale,
-        },
-        geometry: cfg.geometry,
-        views: cfg.views,
-        dct_scaling: cfg.dct_scaling,
-    };
-    let seed = match cfg.views {
-        Views::Random { seed, .. } => seed,
-        _ => 0,
-    };
+    let opts = cfg.prepare_options();
     let schema = schema::images(w, h);
     let wopts = WriterOptions {
         format: PartFormat::ArrowIpc,
@@ -291,39 +193,24 @@ pub fn run(cfg: &Config, ctx: &Context, samples: &Input) -> Result<Summary, Erro
         ..Default::default()
     };
 
-    // Decoders fill chunk k+1 on rayon's pool while this thread writes chunk k.
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Outcome>>(1);
-    let result: Result<(), Error> = std::thread::scope(|s| {
-        let root = &root;
-        let opts = &opts;
-        s.spawn(move || {
-            for c in mine.chunks(chunk) {
-                let out: Vec<Outcome> = c
-                    .par_iter()
-                    .map(|p| prepare_one(p, root, opts, seed))
-                    .collect();
-                if tx.send(out).is_err() {
-                    return; // the writer failed; stop decoding
-                }
-            }
-        });
-        for outcomes in rx {
+    // Decoders fill the next chunks on rayon's pool while this thread writes this one.
+    let ahead = Ahead { chunk, depth: 1 };
+    ahead.run(
+        &mine,
+        |p| geoloc_imaging::prepare_photo(p, &root, &opts).map(|prep| (p.id.clone(), prep)),
+        |outcomes| -> Result<(), Error> {
             let n = outcomes.len() as u64;
             let mut ids = StringBuilder::new();
             let mut views = UInt8Builder::new();
             let mut pixels = FixedSizeBinaryBuilder::with_capacity(outcomes.len(), tensor as i32);
             for o in outcomes {
                 match o {
-                    Outcome::Ok {
-                        id,
-                        views: vs,
-                        dct_scaled,
-                        reoriented,
-                    } => {
+                    Ok((id, prep)) => {
                         summary.decoded += 1;
-                        summary.dct_scaled += dct_scaled as u64;
-                        summary.reoriented += reoriented as u64;
-                        for v in vs {
+                        summary.dct_scaled += (prep.info.dct_scale > 1) as u64;
+                        summary.reoriented +=
+                            (prep.info.orientation != geoloc_imaging::Orientation::Normal) as u64;
+                        for v in prep.views {
                             ids.append_value(&id);
                             views.append_value(v.view);
                             pixels
@@ -331,7 +218,7 @@ pub fn run(cfg: &Config, ctx: &Context, samples: &Input) -> Result<Summary, Erro
                                 .map_err(geoloc_core::Error::from)?;
                         }
                     }
-                    Outcome::Rejected(r) => {
+                    Err(r) => {
                         *summary.rejects.entry(r.reason.to_string()).or_default() += 1;
                         writer.reject(r)?;
                     }
@@ -349,10 +236,9 @@ pub fn run(cfg: &Config, ctx: &Context, samples: &Input) -> Result<Summary, Erro
                 writer.write(&batch)?;
             }
             bar.inc(n);
-        }
-        Ok(())
-    });
-    result?;
+            Ok(())
+        },
+    )?;
     bar.finish_and_clear();
     writer.finish(metadata(cfg))?;
     summary.seconds = t0.elapsed().as_secs_f64();
