@@ -199,8 +199,8 @@ fn the_papers_pipeline_is_valid_and_says_what_it_lacks() {
     .unwrap();
     let pipe = format!("pipelines/{name}");
     let out = stdout(&geoloc(&["status", &pipe], t.path(), &[], true));
-    assert!(out.contains("0 of 15 instances fresh"), "{out}");
-    assert_eq!(out.matches("missing: ").count(), 15, "{out}");
+    assert!(out.contains("0 of 13 instances fresh"), "{out}");
+    assert_eq!(out.matches("missing: ").count(), 13, "{out}");
     assert!(
         out.contains("ingest             ingest      missing: never run"),
         "{out}"

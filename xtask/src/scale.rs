@@ -3,7 +3,8 @@
 //! resident memory, bytes on disk per photo, and where featurize's time goes.
 //!
 //! It generates N demo photos (`geoloc synth mediaeval`, 10% of them the test split) under
-//! `target/bench-scale/rows-N/`, writes a pipeline there, and runs each instance on its own
+//! `target/bench-scale/rows-N/` (kept for the next run of the same size), writes a pipeline
+//! there, and runs each instance on its own
 //! (`geoloc run --only`), timing it and sampling its peak RSS (the kernel's high-water mark,
 //! `VmHWM`, read every 10 ms until the process exits):
 //!
@@ -196,7 +197,10 @@ pub fn bench_scale(args: &[String]) -> Result<()> {
     let weights = crate::fetch_lite0()?;
     let bin = crate::geoloc()?;
     let dir = crate::root().join(format!("target/bench-scale/rows-{rows}"));
-    let _ = std::fs::remove_dir_all(&dir);
+    // A rerun keeps the generated photos (the generator leaves identical files alone, so
+    // their times and the fingerprints hold) and recomputes every stage.
+    let _ = std::fs::remove_dir_all(dir.join("runs"));
+    let _ = std::fs::remove_dir_all(dir.join("data/weights"));
     std::fs::create_dir_all(dir.join("pipelines"))?;
     std::fs::create_dir_all(dir.join("data/weights"))?;
     std::os::unix::fs::symlink(&weights, dir.join("data/weights/efficientnet-lite0.pth"))?;
@@ -211,26 +215,28 @@ pub fn bench_scale(args: &[String]) -> Result<()> {
     );
 
     let rows_s = rows.to_string();
-    let synth = measure(
-        &bin,
-        &[
-            "synth",
-            "mediaeval",
-            "--out",
-            "data/demo",
-            "--rows",
-            &rows_s,
-            "--seed",
-            "7",
-        ],
-        &dir,
-    )?;
+    let made = dir.join("data/demo/bench-scale-rows.txt");
+    if std::fs::read_to_string(&made).is_ok_and(|r| r == rows_s) {
+        eprintln!("synth: the {rows} photos of an earlier run, kept");
+    } else {
+        let synth = measure(
+            &bin,
+            &[
+                "synth",
+                "mediaeval",
+                "--out",
+                "data/demo",
+                "--rows",
+                &rows_s,
+                "--seed",
+                "7",
+            ],
+            &dir,
+        )?;
+        std::fs::write(&made, &rows_s)?;
+        eprintln!("synth: {:.1} s", synth.seconds);
+    }
     let photo_bytes = du(&dir.join("data/demo/images"));
-    eprintln!(
-        "synth: {:.1} s, {:.1} KB per photo",
-        synth.seconds,
-        photo_bytes as f64 / rows as f64 / 1e3
-    );
 
     let mut table = Vec::new();
     let mut json = Vec::new();

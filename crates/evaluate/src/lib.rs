@@ -421,20 +421,18 @@ fn read_truth(input: &Input) -> Result<Truth, Error> {
     Ok(t)
 }
 
-/// One predictor's per-photo output over the test photos.
-struct PhotoPredictions {
-    /// Per test photo: the views averaged, `None` where the input had no row.
-    scores: Vec<Option<Vec<f32>>>,
-    views: Vec<u32>,
-}
-
-/// Scores every test photo's rows in `data` with each predictor, views averaged.
+/// Scores every test photo's rows in `data` with each predictor, views averaged, and decides
+/// each photo as soon as its last view is scored. A photo's views are adjacent rows (as
+/// preprocess and featurize write them), so memory holds one photo's scores per predictor and
+/// each photo's decision (its top-k and location), not every photo's score vector: a geocell
+/// head of thousands of cells over 931k test photos would otherwise hold gigabytes.
 fn score_test_photos(
     data: &Input,
     truth: &Truth,
     predictors: &[&Predictor],
+    how: &Deciding<'_>,
     progress: &indicatif::ProgressBar,
-) -> Result<Vec<PhotoPredictions>, Error> {
+) -> Result<Vec<Vec<Decided>>, Error> {
     let (ds, dim, pixels) = match data.manifest.schema.as_str() {
         "images" => {
             let (w, h) = geoloc_core::schema::images_size(&data.manifest)?;
@@ -463,21 +461,55 @@ fn score_test_photos(
         }
     }
     let n = truth.ids.len();
-    let mut acc: Vec<PhotoScores> = predictors
+    // The photo whose views are being summed, per predictor, and the decisions so far.
+    let mut open: Vec<PhotoScores> = predictors
         .iter()
-        .map(|p| PhotoScores::new(n, p.output_dim()))
+        .map(|p| PhotoScores::new(1, p.output_dim()))
         .collect();
+    let mut current: Option<usize> = None;
+    let mut done = vec![false; n];
+    let mut decided: Vec<Vec<Decided>> = predictors.iter().map(|_| Vec::new()).collect();
+    let close = |current: usize,
+                 open: &mut Vec<PhotoScores>,
+                 decided: &mut Vec<Vec<Decided>>|
+     -> Result<(), Error> {
+        for ((p, o), d) in predictors
+            .iter()
+            .zip(open.iter_mut())
+            .zip(decided.iter_mut())
+        {
+            d.push(how.decide(p, current, &o.mean(0), o.views(0), truth));
+            *o = PhotoScores::new(1, p.output_dim());
+        }
+        Ok(())
+    };
     let mut x: Vec<f32> = Vec::new();
     let mut photos: Vec<usize> = Vec::new();
     let mut flush = |x: &mut Vec<f32>, photos: &mut Vec<usize>| -> Result<(), Error> {
         if photos.is_empty() {
             return Ok(());
         }
-        for (p, a) in predictors.iter().zip(acc.iter_mut()) {
-            let s = p.scores(x)?;
-            let d = p.output_dim();
-            for (j, &ph) in photos.iter().enumerate() {
-                a.add(ph, &s[j * d..(j + 1) * d]);
+        let scores: Vec<Vec<f32>> = predictors
+            .iter()
+            .map(|p| p.scores(x))
+            .collect::<Result<_, _>>()?;
+        for (j, &ph) in photos.iter().enumerate() {
+            if current != Some(ph) {
+                if done[ph] {
+                    return Err(Error::Data(format!(
+                        "input `{}`: the views of photo {} are not adjacent rows",
+                        data.name, truth.ids[ph]
+                    )));
+                }
+                if let Some(c) = current {
+                    close(c, &mut open, &mut decided)?;
+                }
+                done[ph] = true;
+                current = Some(ph);
+            }
+            for ((p, o), s) in predictors.iter().zip(open.iter_mut()).zip(&scores) {
+                let d = p.output_dim();
+                o.add(0, &s[j * d..(j + 1) * d]);
             }
         }
         progress.inc(photos.len() as u64);
@@ -513,15 +545,13 @@ fn score_test_photos(
         Ok(())
     })?;
     flush(&mut x, &mut photos)?;
-    Ok(acc
-        .into_iter()
-        .map(|a| PhotoPredictions {
-            scores: (0..n)
-                .map(|ph| (a.views(ph) > 0).then(|| a.mean(ph)))
-                .collect(),
-            views: (0..n).map(|ph| a.views(ph)).collect(),
-        })
-        .collect())
+    if let Some(c) = current {
+        close(c, &mut open, &mut decided)?;
+    }
+    for d in &mut decided {
+        d.sort_by_key(|d| d.photo);
+    }
+    Ok(decided)
 }
 
 /// A decided prediction of one photo.
@@ -546,43 +576,40 @@ fn class_of_location(classes: &[String], loc: Option<[f64; 2]>) -> Option<usize>
 }
 
 /// Decides each photo of a predictor: top-k, location, country, error.
-fn decide(
-    p: &Predictor,
-    pp: &PhotoPredictions,
-    truth: &Truth,
-    cfg: &Config,
+/// How a photo's mean scores become its decision.
+struct Deciding<'a> {
+    cfg: &'a Config,
+    /// The head's classes are the countries (a country head).
     country_classes: bool,
-) -> Vec<Decided> {
-    pp.scores
-        .iter()
-        .enumerate()
-        .filter_map(|(ph, s)| {
-            let s = s.as_ref()?;
-            let top = if p.card.task == Task::Latlon {
-                Vec::new()
-            } else {
-                top_k(s, cfg.top_k.max(1))
-            };
-            let location = p.locate(s);
-            let country = if country_classes {
-                top.first().map(|t| t.0)
-            } else {
-                class_of_location(&truth.classes, location)
-            };
-            let error_km = match (location, truth.coords[ph]) {
-                (Some(a), Some(b)) => Some(error_km(cfg.distance, a, b)),
-                _ => None,
-            };
-            Some(Decided {
-                photo: ph,
-                views: pp.views[ph],
-                top,
-                location,
-                country,
-                error_km,
-            })
-        })
-        .collect()
+}
+
+impl Deciding<'_> {
+    /// Decides photo `ph` from its views' mean scores `s`.
+    fn decide(&self, p: &Predictor, ph: usize, s: &[f32], views: u32, truth: &Truth) -> Decided {
+        let top = if p.card.task == Task::Latlon {
+            Vec::new()
+        } else {
+            top_k(s, self.cfg.top_k.max(1))
+        };
+        let location = p.locate(s);
+        let country = if self.country_classes {
+            top.first().map(|t| t.0)
+        } else {
+            class_of_location(&truth.classes, location)
+        };
+        let error_km = match (location, truth.coords[ph]) {
+            (Some(a), Some(b)) => Some(error_km(self.cfg.distance, a, b)),
+            _ => None,
+        };
+        Decided {
+            photo: ph,
+            views,
+            top,
+            location,
+            country,
+            error_km,
+        }
+    }
 }
 
 /// Scores decided predictions.
@@ -692,11 +719,6 @@ pub fn run(cfg: &Config, ctx: &Context, ins: &[Input]) -> Result<Summary, Error>
             )));
         }
         let untrained = trained.untrained()?;
-        let bar = ctx.progress_bar(&format!("evaluate {}", m.name), 0, "rows");
-        let mut pp = score_test_photos(data, &truth, &[&trained, &untrained], &bar)?;
-        bar.finish_and_clear();
-        let pp0 = pp.pop().expect("two predictors");
-        let pp1 = pp.pop().expect("two predictors");
         let country_classes = trained.card.task == Task::Country;
         if country_classes && trained.card.classes != truth.classes {
             return Err(Error::Data(format!(
@@ -704,9 +726,16 @@ pub fn run(cfg: &Config, ctx: &Context, ins: &[Input]) -> Result<Summary, Error>
                 m.name, trained.card.classes, truth.classes
             )));
         }
+        let how = Deciding {
+            cfg,
+            country_classes,
+        };
+        let bar = ctx.progress_bar(&format!("evaluate {}", m.name), 0, "rows");
+        let mut pp = score_test_photos(data, &truth, &[&trained, &untrained], &how, &bar)?;
+        bar.finish_and_clear();
+        let d0 = pp.pop().expect("two predictors");
+        let d1 = pp.pop().expect("two predictors");
         let from = if country_classes { "class" } else { "location" };
-        let d1 = decide(&trained, &pp1, &truth, cfg, country_classes);
-        let d0 = decide(&untrained, &pp0, &truth, cfg, country_classes);
         let missing = truth.ids.len() - d1.len();
         if missing == truth.ids.len() {
             return Err(Error::Data(format!(
