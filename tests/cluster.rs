@@ -360,7 +360,7 @@ fn gpu_jobs_take_the_gpu_binary_partition_and_image_the_others_the_cpu_ones() {
             assert_eq!(image, "reg.example/geoloc:cpu", "{}", p.display());
         }
     }
-    assert_eq!(seen, (6, 11));
+    assert_eq!(seen, (6, 7));
 
     // The GPU settings without GPUs, or a GPU binary that is not there: refused.
     for (args, want) in [

@@ -51,6 +51,9 @@ impl Ahead {
                     }
                 }
             });
+            // The receiver lives in this closure: on an error it is dropped before the scope
+            // joins the producer, whose blocked send then fails and ends it.
+            let rx = rx;
             for out in rx.iter() {
                 consume(out)?;
             }

@@ -97,6 +97,18 @@ impl Default for WriterOptions {
     }
 }
 
+/// Counts by reason as one log phrase: `empty-file=1 missing-file=2`, or `none`.
+pub fn reasons_line(counts: &BTreeMap<String, u64>) -> String {
+    if counts.is_empty() {
+        return "none".into();
+    }
+    counts
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// A row a stage skipped, and why. Written to the rejects file of the current part.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reject {

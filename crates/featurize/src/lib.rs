@@ -288,15 +288,7 @@ impl Summary {
             self.computed as f64 / self.seconds.max(1e-9)
         );
         if self.photos > 0 {
-            let rej = if self.rejects.is_empty() {
-                "none".to_string()
-            } else {
-                self.rejects
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            };
+            let rej = dataset::reasons_line(&self.rejects);
             line.push_str(&format!(
                 "; from photos: {} of {} read now, rejected: {rej}; time: decode {:.1} cpu-s, \
                  backbone {:.1} s, write {:.1} s, waiting for photos {:.1} s",

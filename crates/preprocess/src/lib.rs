@@ -110,15 +110,7 @@ pub struct Summary {
 impl Summary {
     /// One line for logs and the CLI.
     pub fn line(&self) -> String {
-        let rej = if self.rejects.is_empty() {
-            "none".to_string()
-        } else {
-            self.rejects
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
+        let rej = dataset::reasons_line(&self.rejects);
         format!(
             "{} photos, {} decoded ({} rows; {} DCT-scaled, {} reoriented); rejected: {rej}; {:.1} photos/s",
             self.photos,
