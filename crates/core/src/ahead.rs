@@ -140,9 +140,10 @@ mod tests {
         };
         let (peak, seen) = pipeline(ahead, 300, 0);
         assert_eq!(seen, (0..2000).collect::<Vec<_>>());
-        // The consumer takes each chunk as soon as it is mapped: one chunk (being mapped)
-        // plus at most the one just sent.
-        assert!(peak <= 2 * ahead.chunk, "peak {peak}");
+        // The consumer takes each chunk soon after it is mapped: the queue never fills
+        // (about two chunks in flight on a quiet machine; a loaded one delays the consumer
+        // by a chunk or two, never by the four the queue holds).
+        assert!(peak <= ahead.bound() - ahead.chunk, "peak {peak}");
     }
 
     #[test]
