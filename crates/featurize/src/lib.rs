@@ -374,8 +374,18 @@ fn input_size(cfg: &Config, input: &Input) -> Result<(u32, u32, usize), Error> {
 /// size; from photos, the samples' `id` and `image` columns and every photo's size and
 /// modification time (as preprocess's fingerprint).
 pub fn fingerprint(cfg: &Config, ctx: &Context, input: &Input) -> Result<String, Error> {
-    input_size(cfg, input)?;
     let identity = weights_identity(weights_source(cfg, ctx)?.as_ref())?;
+    fingerprint_with(cfg, ctx, input, &identity)
+}
+
+/// [`fingerprint`] given the weights' identity (a run has hashed the file already).
+fn fingerprint_with(
+    cfg: &Config,
+    ctx: &Context,
+    input: &Input,
+    identity: &str,
+) -> Result<String, Error> {
+    input_size(cfg, input)?;
     let fp = Fingerprint::new(KIND, FORMAT_VERSION).config(&(cfg.semantic(), identity))?;
     let fp = match source(cfg, input)? {
         Source::Images(images) => fp.dataset(
@@ -410,7 +420,7 @@ pub fn run(cfg: &Config, ctx: &Context, input: &Input) -> Result<Summary, Error>
     let source_kind = source(cfg, input)?;
     let weights = weights_source(cfg, ctx)?;
     let identity = weights_identity(weights.as_ref())?;
-    let key = fingerprint(cfg, ctx, input)?;
+    let key = fingerprint_with(cfg, ctx, input, &identity)?;
     let device = backbone::parse_device(&cfg.device)?;
     let dtype = backbone::parse_dtype(&cfg.dtype)?;
     let net = Backbone::load(cfg.spec(), weights.as_ref(), &device, dtype)?;
