@@ -5,8 +5,10 @@
 //! It generates N demo photos (`geoloc synth mediaeval`, 10% of them the test split) under
 //! `target/bench-scale/rows-N/` (kept for the next run of the same size), writes a pipeline
 //! there, and runs each instance on its own
-//! (`geoloc run --only`), timing it and sampling its peak RSS (the kernel's high-water mark,
-//! `VmHWM`, read every 10 ms until the process exits):
+//! (`geoloc run --only`), timing it and sampling its memory every 10 ms until the process
+//! exits: the kernel's high-water mark of resident memory (`VmHWM`, which counts the pages
+//! of memory-mapped files: train's spilled rows) and the largest anonymous resident memory
+//! (`RssAnon`: what the process allocated):
 //!
 //! - `ingest`: the metadata files to samples (every row);
 //! - `hog`: HOG features straight from the photos (every photo);
@@ -28,7 +30,12 @@ use std::time::{Duration, Instant};
 /// One measured command.
 struct Measured {
     seconds: f64,
+    /// The kernel's high-water mark of resident memory (`VmHWM`): anonymous memory plus
+    /// the pages of files the process has mapped.
     peak_rss_mb: f64,
+    /// The largest anonymous resident memory seen (`RssAnon`, sampled): what the process
+    /// allocated, without mapped files (a memory-mapped spill file, say).
+    peak_anon_mb: f64,
     stdout: String,
 }
 
@@ -44,6 +51,7 @@ fn measure(bin: &Path, args: &[&str], cwd: &Path) -> Result<Measured> {
         .with_context(|| format!("starting {} {args:?}", bin.display()))?;
     let status_file = PathBuf::from(format!("/proc/{}/status", child.id()));
     let mut peak_kb = 0u64;
+    let mut anon_kb = 0u64;
     // Drain the pipes on threads so a chatty child never blocks on a full pipe.
     let mut out = child.stdout.take().context("stdout")?;
     let mut err = child.stderr.take().context("stderr")?;
@@ -59,13 +67,17 @@ fn measure(bin: &Path, args: &[&str], cwd: &Path) -> Result<Measured> {
     });
     let status = loop {
         if let Ok(text) = std::fs::read_to_string(&status_file) {
-            if let Some(kb) = text
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse::<u64>().ok())
-            {
-                peak_kb = peak_kb.max(kb);
+            let kb = |key: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(key))
+                    .and_then(|v| v.split_whitespace().next())
+                    .and_then(|v| v.parse::<u64>().ok())
+            };
+            if let Some(k) = kb("VmHWM:") {
+                peak_kb = peak_kb.max(k);
+            }
+            if let Some(k) = kb("RssAnon:") {
+                anon_kb = anon_kb.max(k);
             }
         }
         if let Some(st) = child.try_wait()? {
@@ -82,6 +94,7 @@ fn measure(bin: &Path, args: &[&str], cwd: &Path) -> Result<Measured> {
     Ok(Measured {
         seconds,
         peak_rss_mb: peak_kb as f64 / 1024.0,
+        peak_anon_mb: anon_kb as f64 / 1024.0,
         stdout,
     })
 }
@@ -295,37 +308,39 @@ pub fn bench_scale(args: &[String]) -> Result<()> {
         };
         eprintln!("{line}");
         table.push(format!(
-            "| {inst} | {photos:.0} | {:.1} | {:.1} | {:.0} | {:.2} | {:.1} | {shares} |",
+            "| {inst} | {photos:.0} | {:.1} | {:.1} | {:.0} | {:.0} | {:.2} | {:.1} | {shares} |",
             m.seconds,
             photos / m.seconds,
             m.peak_rss_mb,
+            m.peak_anon_mb,
             disk as f64 / 1e6,
             disk as f64 / photos.max(1.0) / 1e3,
         ));
         json.push(format!(
-            r#"{{"instance": "{inst}", "photos": {photos}, "seconds": {:.3}, "peak_rss_mb": {:.1}, "disk_bytes": {disk}}}"#,
-            m.seconds, m.peak_rss_mb
+            r#"{{"instance": "{inst}", "photos": {photos}, "seconds": {:.3}, "peak_rss_mb": {:.1}, "peak_anon_mb": {:.1}, "disk_bytes": {disk}}}"#,
+            m.seconds, m.peak_rss_mb, m.peak_anon_mb
         ));
     }
     let st = measure(&bin, &["status", "pipelines/scale.toml"], &dir)?;
     table.push(format!(
-        "| status (fingerprints: stats {:.0} photo files) | {samples_rows:.0} | {:.1} | {:.0} | {:.0} | | | |",
+        "| status (fingerprints: stats {:.0} photo files) | {samples_rows:.0} | {:.1} | {:.0} | {:.0} | {:.0} | | | |",
         samples_rows + 2.0 * subset_rows,
         st.seconds,
         samples_rows / st.seconds,
-        st.peak_rss_mb
+        st.peak_rss_mb,
+        st.peak_anon_mb
     ));
     json.push(format!(
-        r#"{{"instance": "status", "photos": {samples_rows}, "seconds": {:.3}, "peak_rss_mb": {:.1}, "disk_bytes": 0}}"#,
-        st.seconds, st.peak_rss_mb
+        r#"{{"instance": "status", "photos": {samples_rows}, "seconds": {:.3}, "peak_rss_mb": {:.1}, "peak_anon_mb": {:.1}, "disk_bytes": 0}}"#,
+        st.seconds, st.peak_rss_mb, st.peak_anon_mb
     ));
     println!(
         "\n{rows} generated photos ({:.1} KB each), {threads} threads, lite0 and crop224 on the \
          {lite0_split} split ({subset_rows:.0} photos)\n",
         photo_bytes as f64 / rows as f64 / 1e3
     );
-    println!("| instance | photos | seconds | photos/s | peak RSS MB | disk MB | disk KB/photo | featurize's time |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| instance | photos | seconds | photos/s | peak RSS MB | peak anon MB | disk MB | disk KB/photo | featurize's time |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for l in &table {
         println!("{l}");
     }

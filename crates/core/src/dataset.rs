@@ -350,8 +350,12 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
 
 /// blake3 of a file's bytes, hex.
 pub fn file_blake3(path: &Path) -> Result<String> {
+    // Read through a buffer, not mapped: a mapped 300 MB part stays resident in the
+    // process while it is hashed, and a job's memory limit counts it.
+    let f = File::open(path).map_err(|e| Error::io(path, e))?;
     let mut h = blake3::Hasher::new();
-    h.update_mmap(path).map_err(|e| Error::io(path, e))?;
+    h.update_reader(std::io::BufReader::with_capacity(1 << 20, f))
+        .map_err(|e| Error::io(path, e))?;
     Ok(h.finalize().to_hex().to_string())
 }
 
@@ -573,10 +577,10 @@ impl DatasetWriter {
                     .set_max_row_group_row_count(Some(self.opts.row_group_rows));
                 let props = self
                     .schema
-                    .plain
-                    .iter()
+                    .plain_leaves()
+                    .into_iter()
                     .fold(props, |p, c| {
-                        p.set_column_dictionary_enabled(ColumnPath::from(*c), false)
+                        p.set_column_dictionary_enabled(ColumnPath::new(c), false)
                     })
                     .build();
                 Sink::Parquet(
@@ -1067,6 +1071,28 @@ pub struct Dataset {
     schema: DatasetSchema,
 }
 
+/// Bytes of decoded values a batch read from a part aims at.
+const BATCH_BYTES: u64 = 16 << 20;
+
+/// Rows per batch when reading a Parquet part: as many as fill [`BATCH_BYTES`] at the
+/// larger of the schema's decoded fixed width and the part's own uncompressed bytes per row
+/// (its row groups' metadata, for the variable-width columns), between 1 and 65,536. A fixed
+/// row count would make a batch of 65,536 HOG rows (44 KB each) 2.9 GB: the whole part in
+/// memory at once, in every stage that streams features.
+fn batch_rows(schema: &DatasetSchema, meta: &parquet::file::metadata::ParquetMetaData) -> usize {
+    let (bytes, rows) = meta.row_groups().iter().fold((0u64, 0u64), |(b, r), g| {
+        (
+            b + g.total_byte_size().max(0) as u64,
+            r + g.num_rows().max(0) as u64,
+        )
+    });
+    let per_row = bytes
+        .div_ceil(rows.max(1))
+        .max(schema.fixed_row_bytes() as u64)
+        .max(1);
+    (BATCH_BYTES / per_row).clamp(1, 64 * 1024) as usize
+}
+
 impl Dataset {
     /// Opens `dir` as a dataset of `schema`. Refuses (naming the problem) a directory
     /// without a manifest, with another schema or version, with parts missing or of the
@@ -1192,7 +1218,8 @@ impl Dataset {
                 };
                 let b = ParquetRecordBatchReaderBuilder::try_new(file).map_err(pq)?;
                 self.schema.check(&path.display().to_string(), b.schema())?;
-                for batch in b.with_batch_size(64 * 1024).build().map_err(pq)? {
+                let rows = batch_rows(&self.schema, b.metadata());
+                for batch in b.with_batch_size(rows).build().map_err(pq)? {
                     f(batch?)?;
                 }
             }
@@ -1390,6 +1417,79 @@ mod tests {
             .unwrap()
             .verify()
             .unwrap();
+    }
+
+    #[test]
+    fn wide_rows_are_read_in_batches_of_bounded_bytes() {
+        // 200 rows of 40,000 f32 (160 KB each, 32 MB in all): a batch of a fixed 65,536
+        // rows would be the whole part; bounded by bytes it is at most about 16 MB.
+        let dim = 40_000;
+        let dir = tempfile::tempdir().unwrap();
+        let s = schema::features(dim);
+        let mut w = DatasetWriter::create(
+            dir.path(),
+            s.clone(),
+            Shard::new(0, 1).unwrap(),
+            WriterOptions::default(),
+        )
+        .unwrap();
+        let n = 200usize;
+        let ids: Vec<String> = (0..n).map(|i| format!("p{i:03}")).collect();
+        let values: Vec<f32> = (0..n * dim).map(|i| (i % 1000) as f32).collect();
+        let list = arrow::array::FixedSizeListArray::new(
+            Arc::new(arrow::datatypes::Field::new(
+                "item",
+                arrow::datatypes::DataType::Float32,
+                false,
+            )),
+            dim as i32,
+            Arc::new(arrow::array::Float32Array::from(values)),
+            None,
+        );
+        let b = RecordBatch::try_new(
+            s.arrow.clone(),
+            vec![
+                Arc::new(arrow::array::StringArray::from(ids.clone())),
+                Arc::new(arrow::array::UInt8Array::from(vec![0u8; n])),
+                Arc::new(list),
+            ],
+        )
+        .unwrap();
+        w.write(&b).unwrap();
+        w.finish(serde_json::Value::Null).unwrap();
+        finalize(dir.path(), &s, 1, ManifestInfo::default()).unwrap();
+        let ds = Dataset::open(dir.path(), &s).unwrap();
+        let mut sizes = Vec::new();
+        let mut seen = Vec::new();
+        ds.for_each_batch(|b| {
+            sizes.push(b.num_rows());
+            let id = b.column(0).as_string::<i32>();
+            seen.extend((0..b.num_rows()).map(|i| id.value(i).to_owned()));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, ids, "every row, in order");
+        let most = *sizes.iter().max().unwrap();
+        assert!(
+            most * dim * 4 <= (BATCH_BYTES as usize) + dim * 4,
+            "batches of {sizes:?} rows exceed {BATCH_BYTES} bytes"
+        );
+        assert!(sizes.len() >= 2, "{sizes:?}");
+        // The feature values are written without a dictionary (the `plain` setting reaches
+        // the list's leaf column).
+        let part = dir.path().join(&ds.manifest.parts[0].file);
+        let meta = ParquetRecordBatchReaderBuilder::try_new(File::open(part).unwrap())
+            .unwrap()
+            .metadata()
+            .clone();
+        let leaf = &meta.row_group(0).columns()[2];
+        assert_eq!(leaf.column_path().string(), "feature.list.item");
+        assert!(
+            leaf.encodings()
+                .all(|e| e != parquet::basic::Encoding::RLE_DICTIONARY),
+            "{:?}",
+            leaf.encodings().collect::<Vec<_>>()
+        );
     }
 
     fn write_shards(dir: &Path, shards: u32, rows: &[(&str, Option<i32>)]) -> Manifest {

@@ -26,6 +26,41 @@ pub struct DatasetSchema {
 }
 
 impl DatasetSchema {
+    /// The Parquet leaf paths of the [`plain`](Self::plain) columns: the column itself, or
+    /// for a list of values its values (`feature.list.item`), where the writer's
+    /// dictionary setting applies.
+    pub fn plain_leaves(&self) -> Vec<Vec<String>> {
+        self.plain
+            .iter()
+            .filter_map(|c| self.arrow.field_with_name(c).ok())
+            .map(|f| match f.data_type() {
+                DataType::List(item)
+                | DataType::LargeList(item)
+                | DataType::FixedSizeList(item, _) => {
+                    vec![f.name().clone(), "list".into(), item.name().clone()]
+                }
+                _ => vec![f.name().clone()],
+            })
+            .collect()
+    }
+
+    /// Bytes per row of the fixed-width columns once decoded (a feature vector's `dim` × 4,
+    /// a pixel row's bytes); variable-width columns count 0.
+    pub fn fixed_row_bytes(&self) -> usize {
+        fn width(t: &DataType) -> usize {
+            match t {
+                DataType::FixedSizeBinary(n) => (*n).max(0) as usize,
+                DataType::FixedSizeList(item, n) => (*n).max(0) as usize * width(item.data_type()),
+                t => t.primitive_width().unwrap_or(0),
+            }
+        }
+        self.arrow
+            .fields()
+            .iter()
+            .map(|f| width(f.data_type()))
+            .sum()
+    }
+
     /// Compares `found` with this schema: same field names in the same order, same types,
     /// and no nullable field where this schema requires values. Returns every difference.
     pub fn check(&self, what: &str, found: &Schema) -> Result<()> {
