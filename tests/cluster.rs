@@ -61,7 +61,7 @@ fn slurm_scripts_shard_chain_and_requeue() {
         &[],
         true,
     ));
-    assert!(out.contains("for 10 instances"), "{out}");
+    assert!(out.contains("for 11 instances"), "{out}");
     let sub = root.join("sub");
     // Sharded kinds: an array and a finalize; the others one job each.
     let crop = read(&sub.join("03-squash52x48.sbatch"));
@@ -101,7 +101,7 @@ fn slurm_scripts_shard_chain_and_requeue() {
         train.contains("= 75 ]") && train.contains("scontrol requeue"),
         "{train}"
     );
-    assert!(!read(&sub.join("09-evaluate.sbatch")).contains("--gres"));
+    assert!(!read(&sub.join("10-evaluate.sbatch")).contains("--gres"));
     // submit.sh: each job after its inputs' last jobs (the finalize of a sharded one).
     let submit = read(&sub.join("submit.sh"));
     assert!(submit.contains("submit squash52x48 shards 03-squash52x48.sbatch \"${J[ingest]}\""));
@@ -160,7 +160,7 @@ fn k8s_manifests_are_indexed_jobs_the_api_accepts() {
         &[],
         true,
     ));
-    assert!(out.contains("13 Job manifests for 10 instances"), "{out}");
+    assert!(out.contains("14 Job manifests for 11 instances"), "{out}");
     let dir = root.join("k8s");
     let mut names = Vec::new();
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -169,7 +169,7 @@ fn k8s_manifests_are_indexed_jobs_the_api_accepts() {
         .filter(|p| p.to_string_lossy().ends_with(".job.json"))
         .collect();
     files.sort();
-    assert_eq!(files.len(), 13);
+    assert_eq!(files.len(), 14);
     for f in &files {
         let j: Value = serde_json::from_str(&read(f)).unwrap();
         assert_eq!(j["apiVersion"], "batch/v1", "{}", f.display());
@@ -233,7 +233,7 @@ fn k8s_manifests_are_indexed_jobs_the_api_accepts() {
     }
     // Applied in dependency order: ingest before squash52x48 and lite0, lite0 before evaluate.
     let pos = |s: &str| apply.find(s).unwrap();
-    assert!(pos("00-ingest") < pos("03-squash52x48") && pos("02-lite0") < pos("09-evaluate"));
+    assert!(pos("00-ingest") < pos("03-squash52x48") && pos("02-lite0") < pos("10-evaluate"));
 }
 
 /// One submission, two kinds of node: with `--gpu-binary`, `--gpu-partition` (Slurm) and
@@ -271,7 +271,7 @@ fn gpu_jobs_take_the_gpu_binary_partition_and_image_the_others_the_cpu_ones() {
         &[],
         true,
     ));
-    assert!(out.contains("for 10 instances"), "{out}");
+    assert!(out.contains("for 11 instances"), "{out}");
     let (mut gpu_jobs, mut cpu_jobs) = (0, 0);
     for e in std::fs::read_dir(root.join("sub")).unwrap() {
         let p = e.unwrap().path();
@@ -285,9 +285,11 @@ fn gpu_jobs_take_the_gpu_binary_partition_and_image_the_others_the_cpu_ones() {
             .unwrap_or_else(|| panic!("no command in {}", p.display()));
         let name = p.file_name().unwrap().to_string_lossy().into_owned();
         let finalize = name.contains(".finalize.");
-        // HOG features are computed on CPU threads: a CPU job.
+        // HOG features are computed on CPU threads, and the retrieval index (`knn`) trains
+        // nothing: CPU jobs.
         let gpu_kind = (exec.contains(" featurize ") || exec.contains(" train "))
-            && !exec.contains("--instance hog ");
+            && !exec.contains("--instance hog ")
+            && !exec.contains("--instance knn ");
         if gpu_kind && !finalize {
             gpu_jobs += 1;
             assert!(
@@ -321,8 +323,8 @@ fn gpu_jobs_take_the_gpu_binary_partition_and_image_the_others_the_cpu_ones() {
         assert!(st.success(), "{name} is not valid shell");
     }
     // Lite0's featurize and the five train jobs on GPUs; ingest, the 52x48 preprocess, HOG,
-    // their finalizes, Lite0's finalize and evaluate on CPUs.
-    assert_eq!((gpu_jobs, cpu_jobs), (6, 7));
+    // their finalizes, Lite0's finalize, the knn index and evaluate on CPUs.
+    assert_eq!((gpu_jobs, cpu_jobs), (6, 8));
 
     // Kubernetes: the GPU jobs' image holds the CUDA build.
     geoloc(
@@ -503,7 +505,7 @@ fn the_tiny_demo_through_slurm_equals_a_local_run_and_recovers_from_a_failed_sha
     );
     let out = stdout(&o);
     assert!(out.contains("submitted lite0 shards"), "{out}");
-    assert!(out.contains("all 22 jobs completed"), "{out}");
+    assert!(out.contains("all 23 jobs completed"), "{out}");
     eprintln!(
         "tiny demo through Slurm: {:.1}s",
         t0.elapsed().as_secs_f64()

@@ -56,10 +56,12 @@ fn absolute(p: &Path) -> Result<PathBuf> {
 }
 
 /// Instances of a GPU kind whose work runs on CPU threads whatever the device: HOG
-/// features. They get CPU jobs, not a GPU node each.
+/// features, and train's retrieval index (head `knn`, no training). They get CPU jobs,
+/// not a GPU node each.
 fn cpu_only(decl: &geoloc_core::config::StageDecl) -> bool {
-    decl.kind == geoloc_featurize::KIND
-        && decl.config.get("backbone").and_then(|b| b.as_str()) == Some("hog")
+    let key = |k: &str| decl.config.get(k).and_then(|b| b.as_str());
+    (decl.kind == geoloc_featurize::KIND && key("backbone") == Some("hog"))
+        || (decl.kind == geoloc_train::KIND && key("head") == Some("knn"))
 }
 
 /// The plan of a pipeline: its instances that are not fresh (every instance with `force`).

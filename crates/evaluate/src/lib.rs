@@ -36,6 +36,7 @@ use geoloc_core::geo::{DistanceMetric, LatLon, SphericalMean};
 use geoloc_core::stage::{Context, Input};
 use geoloc_models::card::Task;
 use geoloc_models::predict::{top_k, PhotoScores, Predictor};
+use geoloc_models::retrieval::{self, Index};
 use metrics::{Confusion, CountryMetrics, DistanceMetrics, DEFAULT_RADII_KM};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -216,16 +217,18 @@ pub struct Metrics {
 pub struct ModelResult {
     /// The train instance's name.
     pub name: String,
-    pub task: Task,
-    /// `mlp`, `linear`, `small-cnn`.
+    /// `country`, `latlon`, `geocell`; `location` for an index (head `knn`).
+    pub task: String,
+    /// `mlp`, `linear`, `small-cnn`, `knn`.
     pub head: String,
     /// The input instance it read (features or images).
     pub input: String,
     /// Test photos without a row in the input (rejected upstream, say).
     pub missing_photos: usize,
     pub trained: Scored,
-    /// The same head before training (the paper's "0 epochs").
-    pub epoch0: Scored,
+    /// The same head before training (the paper's "0 epochs"); none for an index.
+    #[serde(default)]
+    pub epoch0: Option<Scored>,
 }
 
 /// The scores of one predictor.
@@ -272,6 +275,14 @@ pub fn schema() -> Arc<Schema> {
     ]))
 }
 
+/// A task's name as `metrics.json` writes it.
+fn task_name(t: Task) -> String {
+    serde_json::to_value(t)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default()
+}
+
 /// The distance of a prediction from the truth under `metric` (points at exactly (0, 0),
 /// which `LatLon::new` refuses as a null island, are measured all the same).
 pub fn error_km(metric: DistanceMetric, pred: [f64; 2], truth: [f64; 2]) -> f64 {
@@ -286,17 +297,21 @@ pub fn error_km(metric: DistanceMetric, pred: [f64; 2], truth: [f64; 2]) -> f64 
 struct Sorted<'a> {
     samples: &'a Input,
     models: Vec<&'a Input>,
+    /// Retrieval indexes (train's head `knn`).
+    indexes: Vec<&'a Input>,
     data: Vec<&'a Input>,
 }
 
 fn sort_inputs(ins: &[Input]) -> Result<Sorted<'_>, Error> {
     let mut samples = Vec::new();
     let mut models = Vec::new();
+    let mut indexes = Vec::new();
     let mut data = Vec::new();
     for i in ins {
         match i.manifest.schema.as_str() {
             "samples" => samples.push(i),
             "model" => models.push(i),
+            "index" => indexes.push(i),
             "features" | "images" => data.push(i),
             other => {
                 return Err(Error::Config(format!(
@@ -313,7 +328,7 @@ fn sort_inputs(ins: &[Input]) -> Result<Sorted<'_>, Error> {
             samples.len()
         )));
     };
-    if models.is_empty() {
+    if models.is_empty() && indexes.is_empty() {
         return Err(Error::Config(
             "evaluate has no model among its inputs (add train instances to `inputs`)".into(),
         ));
@@ -321,6 +336,7 @@ fn sort_inputs(ins: &[Input]) -> Result<Sorted<'_>, Error> {
     Ok(Sorted {
         samples,
         models,
+        indexes,
         data,
     })
 }
@@ -338,7 +354,7 @@ pub fn fingerprint(cfg: &Config, _ctx: &Context, ins: &[Input]) -> Result<String
             &["id", "split", "label", "lat", "lon"],
             &["classes"],
         )?;
-    for m in &s.models {
+    for m in s.models.iter().chain(&s.indexes) {
         fp = fp.dataset(&m.name, &m.manifest, &[], &["files"])?;
     }
     for d in &s.data {
@@ -421,15 +437,188 @@ fn read_truth(input: &Input) -> Result<Truth, Error> {
     Ok(t)
 }
 
-/// Scores every test photo's rows in `data` with each predictor, views averaged, and decides
-/// each photo as soon as its last view is scored. A photo's views are adjacent rows (as
-/// preprocess and featurize write them), so memory holds one photo's scores per predictor and
-/// each photo's decision (its top-k and location), not every photo's score vector: a geocell
-/// head of thousands of cells over 931k test photos would otherwise hold gigabytes.
+/// What scores photos: a trained head, or a retrieval index (head `knn`).
+#[derive(Clone, Copy)]
+enum Scorer<'a> {
+    Head(&'a Predictor),
+    Index(&'a Index),
+}
+
+impl Scorer<'_> {
+    fn input_dim(&self) -> usize {
+        match self {
+            Scorer::Head(p) => p.input_dim(),
+            Scorer::Index(i) => i.dim(),
+        }
+    }
+
+    /// Values per scored row: a head's outputs; an index's unit view vectors (averaged per
+    /// photo, then normalised again into the photo's query).
+    fn output_dim(&self) -> usize {
+        match self {
+            Scorer::Head(p) => p.output_dim(),
+            Scorer::Index(i) => i.dim(),
+        }
+    }
+
+    fn scores(&self, x: &[f32]) -> Result<Vec<f32>, Error> {
+        match self {
+            Scorer::Head(p) => Ok(p.scores(x)?),
+            Scorer::Index(i) => {
+                let mut v = x.to_vec();
+                v.chunks_mut(i.dim()).for_each(|r| {
+                    // A zero row stays zero: it adds nothing to the photo's mean.
+                    retrieval::normalise(r);
+                });
+                Ok(v)
+            }
+        }
+    }
+}
+
+/// Photos whose queries wait for one batched search.
+const SEARCH_BATCH: usize = 256;
+
+/// The photos being scored: the open photo's view sums per scorer, the decisions so far,
+/// and per index the photos waiting for a batched search.
+struct Photos<'a> {
+    scorers: &'a [Scorer<'a>],
+    how: &'a Deciding<'a>,
+    truth: &'a Truth,
+    data: &'a str,
+    open: Vec<PhotoScores>,
+    current: Option<usize>,
+    done: Vec<bool>,
+    decided: Vec<Vec<Decided>>,
+    waiting: Vec<Vec<(usize, u32, Vec<f32>)>>,
+}
+
+impl<'a> Photos<'a> {
+    fn new(
+        scorers: &'a [Scorer<'a>],
+        how: &'a Deciding<'a>,
+        truth: &'a Truth,
+        data: &'a str,
+    ) -> Self {
+        Photos {
+            scorers,
+            how,
+            truth,
+            data,
+            open: scorers
+                .iter()
+                .map(|p| PhotoScores::new(1, p.output_dim()))
+                .collect(),
+            current: None,
+            done: vec![false; truth.ids.len()],
+            decided: scorers.iter().map(|_| Vec::new()).collect(),
+            waiting: scorers.iter().map(|_| Vec::new()).collect(),
+        }
+    }
+
+    /// Scores rows `x` of test photos `photos` (one per row).
+    fn rows(&mut self, x: &[f32], photos: &[usize]) -> Result<(), Error> {
+        if photos.is_empty() {
+            return Ok(());
+        }
+        let scores: Vec<Vec<f32>> = self
+            .scorers
+            .iter()
+            .map(|p| p.scores(x))
+            .collect::<Result<_, _>>()?;
+        for (j, &ph) in photos.iter().enumerate() {
+            if self.current != Some(ph) {
+                if self.done[ph] {
+                    return Err(Error::Data(format!(
+                        "input `{}`: the views of photo {} are not adjacent rows",
+                        self.data, self.truth.ids[ph]
+                    )));
+                }
+                if let Some(c) = self.current {
+                    self.close(c)?;
+                }
+                self.done[ph] = true;
+                self.current = Some(ph);
+            }
+            for ((p, o), s) in self.scorers.iter().zip(self.open.iter_mut()).zip(&scores) {
+                let d = p.output_dim();
+                o.add(0, &s[j * d..(j + 1) * d]);
+            }
+        }
+        Ok(())
+    }
+
+    /// The photo's views are all scored: a head decides it now, an index queues its query.
+    fn close(&mut self, ph: usize) -> Result<(), Error> {
+        for i in 0..self.scorers.len() {
+            let p = self.scorers[i];
+            let o = std::mem::replace(&mut self.open[i], PhotoScores::new(1, p.output_dim()));
+            match p {
+                Scorer::Head(h) => {
+                    let d = self.how.decide(h, ph, &o.mean(0), o.views(0), self.truth);
+                    self.decided[i].push(d);
+                }
+                Scorer::Index(_) => {
+                    self.waiting[i].push((ph, o.views(0), o.mean(0)));
+                    if self.waiting[i].len() >= SEARCH_BATCH {
+                        self.search(i);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Searches index `i` for its waiting photos in one batch and decides them.
+    fn search(&mut self, i: usize) {
+        let Scorer::Index(index) = self.scorers[i] else {
+            return;
+        };
+        let waiting = std::mem::take(&mut self.waiting[i]);
+        let mut queries = Vec::with_capacity(waiting.len() * index.dim());
+        let mut asked = Vec::with_capacity(waiting.len());
+        for (ph, views, mut q) in waiting {
+            if retrieval::normalise(&mut q) {
+                queries.extend_from_slice(&q);
+                asked.push((ph, views));
+            } else {
+                // Every view's features are zero: no direction to search in.
+                let d = self.how.decide_hits(index, ph, views, &[], self.truth);
+                self.decided[i].push(d);
+            }
+        }
+        let k = index.card.vote.k.max(self.how.cfg.top_k);
+        for ((ph, views), hits) in asked.into_iter().zip(index.search(&queries, k)) {
+            let d = self.how.decide_hits(index, ph, views, &hits, self.truth);
+            self.decided[i].push(d);
+        }
+    }
+
+    /// Decides the last photo and the waiting queries; decisions in photo order.
+    fn finish(mut self) -> Result<Vec<Vec<Decided>>, Error> {
+        if let Some(c) = self.current.take() {
+            self.close(c)?;
+        }
+        for i in 0..self.scorers.len() {
+            self.search(i);
+        }
+        for d in &mut self.decided {
+            d.sort_by_key(|d| d.photo);
+        }
+        Ok(self.decided)
+    }
+}
+
+/// Scores every test photo's rows in `data` with each scorer, views averaged, and decides
+/// each photo as soon as its last view is scored (an index: in batches of
+/// [`SEARCH_BATCH`] photos). A photo's views are adjacent rows (as preprocess and
+/// featurize write them), so memory holds one photo's scores per scorer and each photo's
+/// decision (its top-k and location), not every photo's score vector: a geocell head of
+/// thousands of cells over 931k test photos would otherwise hold gigabytes.
 fn score_test_photos(
     data: &Input,
     truth: &Truth,
-    predictors: &[&Predictor],
+    scorers: &[Scorer<'_>],
     how: &Deciding<'_>,
     progress: &indicatif::ProgressBar,
 ) -> Result<Vec<Vec<Decided>>, Error> {
@@ -451,7 +640,7 @@ fn score_test_photos(
             )
         }
     };
-    for p in predictors {
+    for p in scorers {
         if p.input_dim() != dim {
             return Err(Error::Data(format!(
                 "input `{}` has rows of {dim} values, the model reads {}",
@@ -460,63 +649,9 @@ fn score_test_photos(
             )));
         }
     }
-    let n = truth.ids.len();
-    // The photo whose views are being summed, per predictor, and the decisions so far.
-    let mut open: Vec<PhotoScores> = predictors
-        .iter()
-        .map(|p| PhotoScores::new(1, p.output_dim()))
-        .collect();
-    let mut current: Option<usize> = None;
-    let mut done = vec![false; n];
-    let mut decided: Vec<Vec<Decided>> = predictors.iter().map(|_| Vec::new()).collect();
-    let close = |current: usize,
-                 open: &mut Vec<PhotoScores>,
-                 decided: &mut Vec<Vec<Decided>>|
-     -> Result<(), Error> {
-        for ((p, o), d) in predictors
-            .iter()
-            .zip(open.iter_mut())
-            .zip(decided.iter_mut())
-        {
-            d.push(how.decide(p, current, &o.mean(0), o.views(0), truth));
-            *o = PhotoScores::new(1, p.output_dim());
-        }
-        Ok(())
-    };
+    let mut state = Photos::new(scorers, how, truth, &data.name);
     let mut x: Vec<f32> = Vec::new();
     let mut photos: Vec<usize> = Vec::new();
-    let mut flush = |x: &mut Vec<f32>, photos: &mut Vec<usize>| -> Result<(), Error> {
-        if photos.is_empty() {
-            return Ok(());
-        }
-        let scores: Vec<Vec<f32>> = predictors
-            .iter()
-            .map(|p| p.scores(x))
-            .collect::<Result<_, _>>()?;
-        for (j, &ph) in photos.iter().enumerate() {
-            if current != Some(ph) {
-                if done[ph] {
-                    return Err(Error::Data(format!(
-                        "input `{}`: the views of photo {} are not adjacent rows",
-                        data.name, truth.ids[ph]
-                    )));
-                }
-                if let Some(c) = current {
-                    close(c, &mut open, &mut decided)?;
-                }
-                done[ph] = true;
-                current = Some(ph);
-            }
-            for ((p, o), s) in predictors.iter().zip(open.iter_mut()).zip(&scores) {
-                let d = p.output_dim();
-                o.add(0, &s[j * d..(j + 1) * d]);
-            }
-        }
-        progress.inc(photos.len() as u64);
-        x.clear();
-        photos.clear();
-        Ok(())
-    };
     ds.for_each_batch(|b| {
         let ids = b.column(0).as_string::<i32>();
         let px = pixels.then(|| b.column(2).as_fixed_size_binary());
@@ -538,20 +673,19 @@ fn score_test_photos(
             }
             photos.push(ph);
             if photos.len() >= 256 {
-                flush(&mut x, &mut photos)
+                state
+                    .rows(&x, &photos)
                     .map_err(|e| geoloc_core::Error::Config(e.to_string()))?;
+                progress.inc(photos.len() as u64);
+                x.clear();
+                photos.clear();
             }
         }
         Ok(())
     })?;
-    flush(&mut x, &mut photos)?;
-    if let Some(c) = current {
-        close(c, &mut open, &mut decided)?;
-    }
-    for d in &mut decided {
-        d.sort_by_key(|d| d.photo);
-    }
-    Ok(decided)
+    state.rows(&x, &photos)?;
+    progress.inc(photos.len() as u64);
+    state.finish()
 }
 
 /// A decided prediction of one photo.
@@ -607,6 +741,35 @@ impl Deciding<'_> {
             top,
             location,
             country,
+            error_km,
+        }
+    }
+
+    /// Decides photo `ph` from its nearest train photos `hits` (best first): the location
+    /// by the index's density vote; the top-k are the nearest photos and their similarity.
+    fn decide_hits(
+        &self,
+        index: &Index,
+        ph: usize,
+        views: u32,
+        hits: &[retrieval::Hit],
+        truth: &Truth,
+    ) -> Decided {
+        let location = index.place(hits);
+        let error_km = match (location, truth.coords[ph]) {
+            (Some(a), Some(b)) => Some(error_km(self.cfg.distance, a, b)),
+            _ => None,
+        };
+        Decided {
+            photo: ph,
+            views,
+            top: hits
+                .iter()
+                .take(self.cfg.top_k.max(1))
+                .map(|h| (h.row as usize, h.sim))
+                .collect(),
+            location,
+            country: class_of_location(&truth.classes, location),
             error_km,
         }
     }
@@ -709,7 +872,12 @@ pub fn run(cfg: &Config, ctx: &Context, ins: &[Input]) -> Result<Summary, Error>
         let tm = Instant::now();
         geoloc_core::artifact::open(&m.dir, "model", 1, false)?;
         let trained = Predictor::load(&m.dir, &device)?;
-        let data = find_input(m, &trained, &s.data)?;
+        let c = &trained.card;
+        let data = find_input(
+            &m.name,
+            (c.input_fingerprint.as_deref(), &c.input, &c.input_kind),
+            &s.data,
+        )?;
         if trained.card.classes.len() != trained.output_dim() && trained.card.task != Task::Latlon {
             return Err(Error::Data(format!(
                 "model `{}`: {} classes, {} outputs",
@@ -731,7 +899,8 @@ pub fn run(cfg: &Config, ctx: &Context, ins: &[Input]) -> Result<Summary, Error>
             country_classes,
         };
         let bar = ctx.progress_bar(&format!("evaluate {}", m.name), 0, "rows");
-        let mut pp = score_test_photos(data, &truth, &[&trained, &untrained], &how, &bar)?;
+        let scorers = [Scorer::Head(&trained), Scorer::Head(&untrained)];
+        let mut pp = score_test_photos(data, &truth, &scorers, &how, &bar)?;
         bar.finish_and_clear();
         let d0 = pp.pop().expect("two predictors");
         let d1 = pp.pop().expect("two predictors");
@@ -745,14 +914,21 @@ pub fn run(cfg: &Config, ctx: &Context, ins: &[Input]) -> Result<Summary, Error>
         }
         let result = ModelResult {
             name: m.name.clone(),
-            task: trained.card.task,
+            task: task_name(trained.card.task),
             head: trained.card.head.kind().into(),
             input: data.name.clone(),
             missing_photos: missing,
             trained: score(&m.name, &d1, &truth, &radii, from),
-            epoch0: score(&format!("{} (0 epochs)", m.name), &d0, &truth, &radii, from),
+            epoch0: Some(score(
+                &format!("{} (0 epochs)", m.name),
+                &d0,
+                &truth,
+                &radii,
+                from,
+            )),
         };
-        batches.push(prediction_batch(&m.name, &trained, &d1, &truth)?);
+        let class = |c: usize| trained.card.classes.get(c).cloned();
+        batches.push(prediction_batch(&m.name, &class, &d1, &truth)?);
         if cfg.run_files {
             run_files.push((m.name.clone(), run_file(&d1, &truth)));
         }
@@ -762,6 +938,55 @@ pub fn run(cfg: &Config, ctx: &Context, ins: &[Input]) -> Result<Summary, Error>
             input = %data.name,
             seconds = format!("{:.2}", tm.elapsed().as_secs_f64()),
             "scored"
+        );
+        results.push(result);
+    }
+    for ix in &s.indexes {
+        let tm = Instant::now();
+        geoloc_core::artifact::open(&ix.dir, "index", 1, false)?;
+        let index = Index::load(&ix.dir).map_err(|e| Error::Data(e.to_string()))?;
+        let c = &index.card;
+        let data = find_input(
+            &ix.name,
+            (c.input_fingerprint.as_deref(), &c.input, &c.input_kind),
+            &s.data,
+        )?;
+        let how = Deciding {
+            cfg,
+            country_classes: false,
+        };
+        let bar = ctx.progress_bar(&format!("evaluate {}", ix.name), 0, "rows");
+        let d = score_test_photos(data, &truth, &[Scorer::Index(&index)], &how, &bar)?
+            .pop()
+            .unwrap_or_default();
+        bar.finish_and_clear();
+        let missing = truth.ids.len() - d.len();
+        if missing == truth.ids.len() {
+            return Err(Error::Data(format!(
+                "index `{}`: its input `{}` has no row of any test photo",
+                ix.name, data.name
+            )));
+        }
+        let result = ModelResult {
+            name: ix.name.clone(),
+            task: "location".into(),
+            head: "knn".into(),
+            input: data.name.clone(),
+            missing_photos: missing,
+            trained: score(&ix.name, &d, &truth, &radii, "location"),
+            epoch0: None,
+        };
+        let neighbour = |r: usize| Some(index.id(r as u32).to_owned());
+        batches.push(prediction_batch(&ix.name, &neighbour, &d, &truth)?);
+        if cfg.run_files {
+            run_files.push((ix.name.clone(), run_file(&d, &truth)));
+        }
+        tracing::info!(
+            index = %ix.name,
+            input = %data.name,
+            photos = index.len(),
+            seconds = format!("{:.2}", tm.elapsed().as_secs_f64()),
+            "searched"
         );
         results.push(result);
     }
@@ -825,14 +1050,19 @@ fn ctx_name(ctx: &Context) -> String {
         .unwrap_or_else(|| KIND.into())
 }
 
-/// The data input a model was trained on: the one whose fingerprint its card records.
-fn find_input<'a>(m: &Input, p: &Predictor, data: &[&'a Input]) -> Result<&'a Input, Error> {
-    let want = p.card.input_fingerprint.as_deref();
+/// The data input a model (or index) `name` was built from: the one whose fingerprint its
+/// card records (`(fingerprint, metadata, kind)`; cards without a fingerprint match by the
+/// input's metadata).
+fn find_input<'a>(
+    name: &str,
+    (want, metadata, kind): (Option<&str>, &serde_json::Value, &str),
+    data: &[&'a Input],
+) -> Result<&'a Input, Error> {
     let found: Vec<&&Input> = data
         .iter()
         .filter(|d| match want {
             Some(f) => d.manifest.info.fingerprint == f,
-            None => d.manifest.info.metadata == p.card.input,
+            None => d.manifest.info.metadata == *metadata,
         })
         .collect();
     match found[..] {
@@ -840,8 +1070,8 @@ fn find_input<'a>(m: &Input, p: &Predictor, data: &[&'a Input]) -> Result<&'a In
         [] => Err(Error::Config(format!(
             "model `{}` was trained on a {} dataset (fingerprint {}) that is not among \
              evaluate's inputs ({}); add the instance it was trained on",
-            m.name,
-            p.card.input_kind,
+            name,
+            kind,
             want.unwrap_or("not recorded"),
             data.iter()
                 .map(|d| d.name.as_str())
@@ -894,13 +1124,14 @@ fn read_history(dir: &Path) -> Result<History, Error> {
     Ok(out)
 }
 
+/// The prediction rows of one predictor; `class` names a top-k entry (a class, or for an
+/// index the neighbour's photo id).
 fn prediction_batch(
     model: &str,
-    p: &Predictor,
+    class: &dyn Fn(usize) -> Option<String>,
     decided: &[Decided],
     truth: &Truth,
 ) -> Result<RecordBatch, Error> {
-    let class = |c: usize| p.card.classes.get(c).cloned();
     let tclass = |ph: usize| truth.labels[ph].map(|l| truth.classes[l].clone());
     let mut top_c = ListBuilder::new(StringBuilder::new());
     let mut top_p = ListBuilder::new(Float32Builder::new());

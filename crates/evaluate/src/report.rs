@@ -98,7 +98,9 @@ fn table_rows(m: &Metrics) -> Vec<(&Scored, bool)> {
     let mut rows = Vec::new();
     for r in &m.models {
         rows.push((&r.trained, true));
-        rows.push((&r.epoch0, false));
+        if let Some(e) = &r.epoch0 {
+            rows.push((e, false));
+        }
     }
     rows.extend(m.baselines.iter().map(|b| (b, false)));
     rows
@@ -181,7 +183,7 @@ fn draw(
         m.radii_km[m.radii_km.len() / 2]
     };
     for (i, r) in m.models.iter().enumerate() {
-        for s in [&r.trained, &r.epoch0] {
+        for s in std::iter::once(&r.trained).chain(&r.epoch0) {
             if let Some(c) = &s.country {
                 acc_rows.push((s.name.clone(), c.accuracy, i));
             }
@@ -332,10 +334,7 @@ fn summary_lines(m: &Metrics) -> Vec<String> {
         format!("Distances: {} (km).", m.distance),
     ];
     for r in &m.models {
-        let task = serde_json::to_value(r.task)
-            .ok()
-            .and_then(|v| v.as_str().map(String::from))
-            .unwrap_or_default();
+        let task = &r.task;
         let mut s = format!(
             "`{}`: {} head, task {task}, on `{}`",
             r.name, r.head, r.input

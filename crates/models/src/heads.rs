@@ -486,6 +486,44 @@ pub enum Target<'a> {
     Classes(&'a [u32]),
     /// `[N, outputs]` values, row-major.
     Values(&'a [f32]),
+    /// A distribution over the classes per row (`[N, outputs]`, each row summing to 1),
+    /// with the true class of each row (for the accuracy): cross-entropy against soft
+    /// labels, e.g. [`haversine_smoothing`]'s.
+    Soft { labels: &'a [u32], probs: &'a [f32] },
+}
+
+/// PIGEON's haversine label smoothing (Haas et al. 2024): the target of a photo at
+/// distance `d_i` from class `i`'s location, whose true class lies `d_true` away, is
+/// `exp(-(d_i - d_true) / tau)` over the classes, normalised; classes without a location
+/// get 0. Written into `out` (one row of `distances.len()`). As `tau -> 0` it tends to the
+/// one-hot target of the true class when that is the nearest; `tau` in km (PIGEON: 75).
+pub fn haversine_smoothing(distances: &[Option<f64>], truth: usize, tau: f64, out: &mut [f32]) {
+    let d_true = distances.get(truth).copied().flatten();
+    // Exponents relative to the nearest class, so the largest term is exp(0) = 1 and
+    // nothing overflows whatever tau.
+    let nearest = distances
+        .iter()
+        .flatten()
+        .copied()
+        .fold(f64::INFINITY, f64::min);
+    let mut sum = 0f64;
+    for (o, d) in out.iter_mut().zip(distances) {
+        let v = match (d, d_true) {
+            (Some(d), Some(_)) if tau > 0.0 => (-(d - nearest) / tau).exp(),
+            _ => 0.0,
+        };
+        *o = v as f32;
+        sum += v;
+    }
+    if sum > 0.0 && sum.is_finite() {
+        out.iter_mut().for_each(|o| *o = (*o as f64 / sum) as f32);
+    } else {
+        // tau = 0, or the true class has no location: the one-hot target.
+        out.iter_mut().for_each(|o| *o = 0.0);
+        if let Some(o) = out.get_mut(truth) {
+            *o = 1.0;
+        }
+    }
 }
 
 /// The training loss.
@@ -543,6 +581,38 @@ pub fn loss_and_grad(
                         total += (m * m) as f64;
                         gr[j] = -2.0 * t * m / n as f32;
                     }
+                }
+            }
+            Ok(((total / n as f64) as f32, g, correct))
+        }
+        (Loss::CrossEntropy, Target::Soft { labels, probs }) => {
+            if labels.len() != n || probs.len() != out.len() {
+                candle_core::bail!(
+                    "{} labels and {} target values for {n} rows of {out_dim}",
+                    labels.len(),
+                    probs.len()
+                );
+            }
+            let mut total = 0f64;
+            let mut correct = 0;
+            for (r, ((row, q), &y)) in out
+                .chunks_exact(out_dim)
+                .zip(probs.chunks_exact(out_dim))
+                .zip(labels)
+                .enumerate()
+            {
+                correct += (argmax(row) == y as usize) as usize;
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let sum: f32 = row.iter().map(|v| (v - max).exp()).sum();
+                let log_sum = sum.ln() + max;
+                let gr = &mut g[r * out_dim..(r + 1) * out_dim];
+                for (j, (v, &t)) in row.iter().zip(q).enumerate() {
+                    // -sum_j q_j log p_j, log p_j = v_j - logsumexp
+                    if t > 0.0 {
+                        total += (t * (log_sum - v)) as f64;
+                    }
+                    let p = (v - max).exp() / sum;
+                    gr[j] = (p - t) / n as f32;
                 }
             }
             Ok(((total / n as f64) as f32, g, correct))

@@ -19,6 +19,7 @@ pub mod heads;
 pub mod optim;
 pub mod pickle_guard;
 pub mod predict;
+pub mod retrieval;
 pub mod trainer;
 pub mod vgg;
 pub mod weights;

@@ -409,3 +409,107 @@ fn cpu_cnn_trainer_equals_autograd() {
     assert_eq!(a, b);
     assert_eq!(fast.parameters().unwrap(), again.parameters().unwrap());
 }
+
+/// Cross-entropy against soft targets: the gradient `loss_and_grad` returns equals the
+/// loss's finite differences (f64 central differences of the f32 loss, on a small batch).
+#[test]
+fn soft_cross_entropy_gradient_matches_finite_differences() {
+    use geoloc_models::heads::{loss_and_grad, Loss, Target};
+    let mut rng = SplitMix64::new(3);
+    let (n, k) = (4, 6);
+    let out: Vec<f32> = (0..n * k)
+        .map(|_| (rng.next_u64() % 2000) as f32 / 500.0 - 2.0)
+        .collect();
+    let mut probs: Vec<f32> = (0..n * k)
+        .map(|_| (rng.next_u64() % 100) as f32 + 1.0)
+        .collect();
+    for row in probs.chunks_mut(k) {
+        let s: f32 = row.iter().sum();
+        row.iter_mut().for_each(|v| *v /= s);
+    }
+    let labels = [0u32, 3, 5, 2];
+    let target = Target::Soft {
+        labels: &labels,
+        probs: &probs,
+    };
+    let (loss, grad, _) = loss_and_grad(Loss::CrossEntropy, &out, k, target).unwrap();
+    // The loss by hand: mean over rows of -sum q log softmax.
+    let by_hand: f64 = out
+        .chunks(k)
+        .zip(probs.chunks(k))
+        .map(|(o, q)| {
+            let m = o.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b as f64));
+            let lse = m + o.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln();
+            o.iter()
+                .zip(q)
+                .map(|(&v, &t)| -(t as f64) * (v as f64 - lse))
+                .sum::<f64>()
+        })
+        .sum::<f64>()
+        / n as f64;
+    assert!((loss as f64 - by_hand).abs() < 1e-5, "{loss} vs {by_hand}");
+    let h = 1e-2f32;
+    for i in 0..out.len() {
+        let at = |d: f32| {
+            let mut o = out.clone();
+            o[i] += d;
+            let t = Target::Soft {
+                labels: &labels,
+                probs: &probs,
+            };
+            loss_and_grad(Loss::CrossEntropy, &o, k, t).unwrap().0 as f64
+        };
+        let fd = (at(h) - at(-h)) / (2.0 * h as f64);
+        assert!(
+            (fd - grad[i] as f64).abs() < 2e-4,
+            "d loss / d out[{i}]: finite differences {fd}, analytic {}",
+            grad[i]
+        );
+    }
+}
+
+/// PIGEON's smoothing: normalised `exp(-(d_i - d_true) / tau)`; as tau shrinks it becomes the
+/// one-hot target, and the loss and gradient become the hard-label cross-entropy's.
+#[test]
+fn haversine_smoothing_is_distance_aware_and_tends_to_one_hot() {
+    use geoloc_models::heads::{haversine_smoothing, loss_and_grad, Loss, Target};
+    // The photo is 10 km from cell 1 (its cell), 60 km from cell 0, 500 km from cell 3;
+    // cell 2 has no location.
+    let d = [Some(60.0), Some(10.0), None, Some(500.0)];
+    let mut q = [0f32; 4];
+    haversine_smoothing(&d, 1, 75.0, &mut q);
+    let e = |x: f64| (-(x - 10.0) / 75.0).exp();
+    let z = e(60.0) + e(10.0) + e(500.0);
+    let want = [e(60.0) / z, e(10.0) / z, 0.0, e(500.0) / z];
+    for (a, b) in q.iter().zip(want) {
+        assert!((*a as f64 - b).abs() < 1e-6, "{q:?} vs {want:?}");
+    }
+    assert!(q[1] > q[0] && q[0] > q[3] && q[3] > 0.0, "{q:?}");
+    // tau -> 0: one-hot on the true (nearest) cell; tau = 0 exactly too.
+    for tau in [1e-3, 0.0] {
+        haversine_smoothing(&d, 1, tau, &mut q);
+        assert_eq!(q, [0.0, 1.0, 0.0, 0.0], "tau {tau}");
+    }
+    let out = [0.3f32, -1.2, 0.8, 2.0, 0.1, 0.0, -0.5, 1.5];
+    let labels = [1u32, 3];
+    let mut probs = [0f32; 8];
+    haversine_smoothing(&d, 1, 1e-3, &mut probs[..4]);
+    let d2 = [Some(900.0), Some(400.0), Some(300.0), Some(5.0)];
+    haversine_smoothing(&d2, 3, 1e-3, &mut probs[4..]);
+    let soft = loss_and_grad(
+        Loss::CrossEntropy,
+        &out,
+        4,
+        Target::Soft {
+            labels: &labels,
+            probs: &probs,
+        },
+    )
+    .unwrap();
+    let hard = loss_and_grad(Loss::CrossEntropy, &out, 4, Target::Classes(&labels)).unwrap();
+    assert!((soft.0 - hard.0).abs() < 1e-6, "{} vs {}", soft.0, hard.0);
+    for (a, b) in soft.1.iter().zip(&hard.1) {
+        assert!((a - b).abs() < 1e-7);
+    }
+    assert_eq!(soft.2, hard.2);
+}

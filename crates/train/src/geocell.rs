@@ -24,6 +24,12 @@ pub struct GeocellConfig {
     /// `top_k` cells' locations.
     #[serde(default = "one")]
     pub top_k: usize,
+    /// PIGEON's haversine label smoothing: train against `exp(-(d(cell, photo) - d(true
+    /// cell, photo)) / tau)` over the cells, normalised (cell locations: their photos'
+    /// mean), with `tau` this many km (PIGEON: 75), so a near miss costs less than a far
+    /// one. Unset: one-hot targets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smoothing_km: Option<f64>,
 }
 
 fn max_level() -> u8 {
@@ -122,6 +128,7 @@ mod tests {
             t_max,
             max_level: 18,
             top_k: 1,
+            smoothing_km: None,
         }
     }
 

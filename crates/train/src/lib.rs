@@ -36,7 +36,8 @@ use geoloc_models::card::{
     WEIGHTS_FILE,
 };
 use geoloc_models::heads::{
-    argmax, loss_and_grad, CpuMlpTrainer, HeadSpec, Loss, Mlp, MlpConfig, SmallCnnConfig, Target,
+    argmax, haversine_smoothing, loss_and_grad, CpuMlpTrainer, HeadSpec, Loss, Mlp, MlpConfig,
+    SmallCnnConfig, Target,
 };
 use geoloc_models::optim::{OptimizerConfig, SgdConfig};
 use geoloc_models::predict::{softmax_into, PhotoScores};
@@ -58,6 +59,10 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const MODEL_SCHEMA: &str = "model";
 pub const MODEL_SCHEMA_VERSION: u32 = 1;
 
+/// The artifact schema of a retrieval index directory (head `knn`).
+pub const INDEX_SCHEMA: &str = "index";
+pub const INDEX_SCHEMA_VERSION: u32 = 1;
+
 /// `checkpoint.json` names its tensors file, `checkpoint-EPOCH.safetensors`, written before
 /// it: a kill at any moment leaves the previous pair or the new one, never a mix.
 const CHECKPOINT_STATE: &str = "checkpoint.json";
@@ -76,6 +81,10 @@ pub enum HeadKind {
     LinearSvm,
     /// The paper's small CNN from scratch, on pixels (an images dataset).
     SmallCnn,
+    /// No training: the train photos' features become a retrieval index (one unit vector
+    /// per photo, its views averaged, with its id and location); a photo is placed by a
+    /// kernel-density vote over its nearest train photos (see `vote`).
+    Knn,
 }
 
 /// Configuration of a train instance. Unset values take the paper's settings for the
@@ -92,7 +101,8 @@ pub enum HeadKind {
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Which head to train: `mlp` (the paper's), `linear-svm` (its HOG baseline),
-    /// `small-cnn` (its CNN from scratch, on pixels).
+    /// `small-cnn` (its CNN from scratch, on pixels), `knn` (a retrieval index over the
+    /// train photos' features, no training).
     #[serde(default)]
     pub head: HeadKind,
     /// What it predicts: `country` (the samples' classes), `latlon` (coordinates), `geocell`
@@ -121,6 +131,9 @@ pub struct Config {
     pub early_stop: Option<usize>,
     /// The partition of a `geocell` task.
     pub geocells: Option<GeocellConfig>,
+    /// `knn`: how the nearest train photos vote for a location, `{ k = 20, bandwidth_km =
+    /// 25 }`: the neighbour with the most neighbours within about a bandwidth wins.
+    pub vote: Option<geoloc_models::retrieval::Vote>,
     /// Where to run: `cpu` (default), `cuda`, `cuda:N`. An execution setting (not
     /// fingerprinted), like the two below.
     #[serde(default)]
@@ -179,7 +192,20 @@ impl Config {
             (HeadKind::Mlp, _) => (200, nesterov(1e-3, 0.0)),
             (HeadKind::SmallCnn, _) => (20, nesterov(0.045, 0.01)),
             (HeadKind::LinearSvm, _) => (50, nesterov(0.1, 1e-4)),
+            (HeadKind::Knn, _) => (0, nesterov(1e-3, 0.0)),
         };
+        match (self.head, self.vote) {
+            (HeadKind::Knn, _) if self.geocells.is_some() => {
+                return Err(Error::Config(
+                    "head `knn` places photos by their neighbours: `geocells` is for geocell \
+                     heads"
+                        .into(),
+                ))
+            }
+            (HeadKind::Knn, v) => v.unwrap_or_default().validate().map_err(Error::Config)?,
+            (_, Some(_)) => return Err(Error::Config("`vote` is only for head `knn`".into())),
+            (_, None) => {}
+        }
         let loss = match (self.head, self.task) {
             (HeadKind::LinearSvm, Task::Latlon) => {
                 return Err(Error::Config(
@@ -204,6 +230,20 @@ impl Config {
             }
             (_, None) => None,
         };
+        if let Some(tau) = geocells.and_then(|g| g.smoothing_km) {
+            if !(tau > 0.0 && tau.is_finite()) {
+                return Err(Error::Config(format!(
+                    "geocells.smoothing_km must be a positive distance, found {tau}"
+                )));
+            }
+            if loss != Loss::CrossEntropy {
+                return Err(Error::Config(
+                    "geocells.smoothing_km smooths a softmax head's targets (mlp, small-cnn), \
+                     not the SVM's"
+                        .into(),
+                ));
+            }
+        }
         let optimizer = self.optimizer.unwrap_or(opt);
         optimizer
             .validate()
@@ -296,6 +336,8 @@ pub struct Summary {
     /// The train rows were spilled to a memory-mapped file (more than `memory_mb`).
     pub spilled: bool,
     pub seconds: f64,
+    /// Head `knn`: the index's train photos and width.
+    pub index: Option<(usize, usize)>,
 }
 
 impl Summary {
@@ -307,6 +349,15 @@ impl Summary {
             (None, Some(k)) => format!("median {k:.0} km"),
             _ => "no validation photos".into(),
         };
+        if let Some((photos, dim)) = self.index {
+            return format!(
+                "index of {photos} train photos ({} rows of {dim} values): val {} ({} photos); {:.1}s",
+                self.train_rows,
+                m(&self.best),
+                self.best.photos,
+                self.seconds
+            );
+        }
         format!(
             "{} train / {} val rows, {} epochs{} (best {}): val {} (epoch 0: {}); {:.1}s",
             self.train_rows,
@@ -479,6 +530,11 @@ fn head_spec(r: &Resolved, input: &Input, dim: usize, outputs: usize) -> Result<
             let (w, h) = geoloc_core::schema::images_size(&input.manifest)?;
             HeadSpec::SmallCnn(SmallCnnConfig::paper(w as usize, h as usize, outputs))
         }
+        HeadKind::Knn => {
+            return Err(Error::Config(
+                "head `knn` builds an index, not a trained head".into(),
+            ))
+        }
     })
 }
 
@@ -494,9 +550,21 @@ struct Setup {
     geocells: Option<GeocellInfo>,
     top_k: usize,
     spec: HeadSpec,
+    /// Geocell labels smoothed by distance (`geocells.smoothing_km`): tau, km.
+    smoothing: Option<f64>,
 }
 
 impl Setup {
+    /// Target values per row that `gather` writes: the smoothed distribution over the cells,
+    /// or latitude and longitude.
+    fn value_width(&self) -> usize {
+        if self.smoothing.is_some() {
+            self.spec.outputs()
+        } else {
+            2
+        }
+    }
+
     /// Gathers rows `idx` of `p` (standardised) into `x`, with their targets.
     fn gather(
         &self,
@@ -515,14 +583,46 @@ impl Setup {
                 Some((m, s)) => x.extend(row.iter().zip(m).zip(s).map(|((v, m), s)| (v - m) / s)),
                 None => x.extend_from_slice(row),
             }
-            cls.push(p.class[i as usize]);
-            vals.extend_from_slice(&p.values[i as usize]);
+            let c = p.class[i as usize];
+            cls.push(c);
+            match self.smoothing {
+                Some(tau) => {
+                    let k = self.spec.outputs();
+                    let at = vals.len();
+                    vals.resize(at + k, 0.0);
+                    let photo = p.rows.photo[i as usize] as usize;
+                    if let (Some((lat, lon)), true) = (p.rows.coords[photo], c != u32::MAX) {
+                        let here = LatLon { lat, lon };
+                        let d: Vec<Option<f64>> = self
+                            .class_locations
+                            .iter()
+                            .map(|l| {
+                                l.map(|l| {
+                                    haversine_km(
+                                        here,
+                                        LatLon {
+                                            lat: l[0],
+                                            lon: l[1],
+                                        },
+                                    )
+                                })
+                            })
+                            .collect();
+                        haversine_smoothing(&d, c as usize, tau, &mut vals[at..]);
+                    }
+                }
+                None => vals.extend_from_slice(&p.values[i as usize]),
+            }
         }
     }
 
     fn target<'a>(&self, cls: &'a [u32], vals: &'a [f32]) -> Target<'a> {
-        match self.r.task {
-            Task::Latlon => Target::Values(vals),
+        match (self.r.task, self.smoothing) {
+            (Task::Latlon, _) => Target::Values(vals),
+            (_, Some(_)) => Target::Soft {
+                labels: cls,
+                probs: vals,
+            },
             _ => Target::Classes(cls),
         }
     }
@@ -567,9 +667,10 @@ impl Setup {
                     .flat_map(|&j| out[j * out_dim..(j + 1) * out_dim].iter().copied())
                     .collect();
                 let c: Vec<u32> = keep.iter().map(|&j| cls[j]).collect();
+                let w = self.value_width();
                 let v: Vec<f32> = keep
                     .iter()
-                    .flat_map(|&j| vals[j * 2..j * 2 + 2].iter().copied())
+                    .flat_map(|&j| vals[j * w..(j + 1) * w].iter().copied())
                     .collect();
                 let (l, _, _) = loss_and_grad(self.r.loss, &o, out_dim, self.target(&c, &v))?;
                 loss_sum += l as f64 * keep.len() as f64;
@@ -837,6 +938,7 @@ fn setup(cfg: &Config, ctx: &Context, x_in: &Input, s_in: &Input) -> Result<Setu
         classes.len()
     };
     let spec = head_spec(&r, x_in, dim, outputs)?;
+    let smoothing = r.geocells.and_then(|g| g.smoothing_km);
     Ok(Setup {
         r,
         train,
@@ -848,6 +950,7 @@ fn setup(cfg: &Config, ctx: &Context, x_in: &Input, s_in: &Input) -> Result<Setu
         geocells,
         top_k,
         spec,
+        smoothing,
     })
 }
 
@@ -976,6 +1079,9 @@ pub fn run(cfg: &Config, ctx: &Context, ins: &[Input]) -> Result<Summary, Error>
     let (x_in, s_in) = inputs(ins)?;
     let key = fingerprint(cfg, ctx, ins)?;
     geoloc_core::artifact::uncommit(&ctx.out_dir)?;
+    if cfg.head == HeadKind::Knn {
+        return build_index(cfg, ctx, x_in, s_in, t0);
+    }
     let s = setup(cfg, ctx, x_in, s_in)?;
     let device = geoloc_models::backbone::parse_device(cfg.device.as_deref().unwrap_or("cpu"))?;
     let mut trainer = build_trainer(&s, &device)?;
@@ -1178,7 +1284,144 @@ pub fn run(cfg: &Config, ctx: &Context, ins: &[Input]) -> Result<Summary, Error>
         best,
         spilled: s.train.rows.x.is_mapped(),
         seconds: t0.elapsed().as_secs_f64(),
+        index: None,
     })
+}
+
+/// Head `knn`: the train photos of `x_in` with a location become a retrieval index (each
+/// photo's views normalised, averaged and normalised again), written to the output directory;
+/// the validation photos are placed by it for the summary and the card.
+fn build_index(
+    cfg: &Config,
+    ctx: &Context,
+    x_in: &Input,
+    s_in: &Input,
+    t0: Instant,
+) -> Result<Summary, Error> {
+    use geoloc_models::retrieval::{Index, IndexCard, INDEX_CARD_VERSION};
+    if x_in.manifest.schema != "features" {
+        return Err(Error::Config(format!(
+            "head `knn` indexes features; `{}` is a {} dataset",
+            x_in.name, x_in.manifest.schema
+        )));
+    }
+    let vote = cfg.vote.unwrap_or_default();
+    let samples = data::read_samples(s_in)?;
+    let memory = cfg.memory_mb.unwrap_or(4096) << 20;
+    std::fs::create_dir_all(&ctx.out_dir).map_err(|e| Error::io(&ctx.out_dir, e))?;
+    let (joined, dim) = data::join(x_in, &samples, |s| s.coords.is_some(), memory, &ctx.out_dir)?;
+    let (vectors, keep) = photo_queries(&joined.train, dim);
+    if keep.is_empty() {
+        return Err(Error::Data(format!(
+            "no train photo of `{}` has a location and a nonzero feature vector in `{}`",
+            s_in.name, x_in.name
+        )));
+    }
+    let coords: Vec<[f64; 2]> = keep
+        .iter()
+        .filter_map(|&p| joined.train.coords[p].map(|(a, b)| [a, b]))
+        .collect();
+    let ids = keep.iter().map(|&p| joined.train.ids[p].clone()).collect();
+    let mut card = IndexCard {
+        card_version: INDEX_CARD_VERSION,
+        input_kind: x_in.manifest.schema.clone(),
+        input: x_in.manifest.info.metadata.clone(),
+        input_fingerprint: Some(x_in.manifest.info.fingerprint.clone()),
+        dim,
+        photos: keep.len(),
+        views: joined.train.x.len(),
+        vote,
+        val_photos: 0,
+        val_median_km: None,
+    };
+    let mut index =
+        Index::new(card.clone(), vectors, coords, ids).map_err(|e| Error::Data(e.to_string()))?;
+    // Validation: each val photo placed by its neighbours.
+    let (queries, val_keep) = photo_queries(&joined.val, dim);
+    let mut errors: Vec<f64> = index
+        .search(&queries, vote.k)
+        .iter()
+        .zip(&val_keep)
+        .filter_map(|(hits, &p)| {
+            let pred = index.place(hits)?;
+            let (lat, lon) = joined.val.coords[p]?;
+            Some(haversine_km(
+                LatLon {
+                    lat: pred[0],
+                    lon: pred[1],
+                },
+                LatLon { lat, lon },
+            ))
+        })
+        .collect();
+    errors.sort_by(f64::total_cmp);
+    let median = (!errors.is_empty()).then(|| {
+        let m = errors.len() / 2;
+        if errors.len() % 2 == 1 {
+            errors[m]
+        } else {
+            (errors[m - 1] + errors[m]) / 2.0
+        }
+    });
+    card.val_photos = errors.len();
+    card.val_median_km = median;
+    index.card = card.clone();
+    index
+        .save(&ctx.out_dir)
+        .map_err(|e| Error::Data(e.to_string()))?;
+    let best = Metrics {
+        loss: None,
+        accuracy: None,
+        median_km: median,
+        mean_km: (!errors.is_empty()).then(|| errors.iter().sum::<f64>() / errors.len() as f64),
+        within_1000km: (!errors.is_empty())
+            .then(|| errors.iter().filter(|&&e| e <= 1000.0).count() as f64 / errors.len() as f64),
+        photos: errors.len(),
+    };
+    Ok(Summary {
+        train_rows: card.views,
+        val_rows: joined.val.x.len(),
+        classes: 0,
+        resumed_at: 0,
+        epochs_run: 0,
+        best_epoch: 0,
+        epoch0: best.clone(),
+        best,
+        spilled: joined.train.x.is_mapped(),
+        seconds: t0.elapsed().as_secs_f64(),
+        index: Some((card.photos, dim)),
+    })
+}
+
+/// Each photo's query vector (its views' unit vectors averaged and normalised, see
+/// `retrieval::QueryMean`), row-major, and the photos (indices into `rows.ids`) they belong
+/// to; photos whose every view is zero are left out.
+fn photo_queries(rows: &SplitRows, dim: usize) -> (Vec<f32>, Vec<usize>) {
+    use geoloc_models::retrieval::normalise;
+    let n = rows.ids.len();
+    let mut sums = vec![0f32; n * dim];
+    let mut views = vec![0u32; n];
+    let mut buf = vec![0f32; dim];
+    for r in 0..rows.x.len() {
+        buf.copy_from_slice(rows.x.row(r));
+        if normalise(&mut buf) {
+            let p = rows.photo[r] as usize;
+            views[p] += 1;
+            sums[p * dim..(p + 1) * dim]
+                .iter_mut()
+                .zip(&buf)
+                .for_each(|(s, v)| *s += v);
+        }
+    }
+    let mut out = Vec::with_capacity(n * dim);
+    let mut keep = Vec::with_capacity(n);
+    for (p, row) in sums.chunks_mut(dim).enumerate() {
+        if views[p] > 0 && normalise(row) {
+            out.extend_from_slice(row);
+            keep.push(p);
+        }
+    }
+    (out, keep)
 }
 
 fn write_checkpoint(
@@ -1253,6 +1496,9 @@ pub fn finalize(
             "train runs as one process, not {shards} shards"
         )));
     }
+    if cfg.head == HeadKind::Knn {
+        return finalize_index(cfg, ctx, ins);
+    }
     let card = ModelCard::load(&ctx.out_dir).map_err(|e| Error::Data(e.to_string()))?;
     let info = ManifestInfo {
         stage: KIND.into(),
@@ -1280,12 +1526,39 @@ pub fn finalize(
     Ok(m)
 }
 
-/// Opens a committed model directory (manifest and files checked).
-pub fn open(dir: &Path) -> Result<Manifest, Error> {
-    Ok(geoloc_core::artifact::open(
-        dir,
-        MODEL_SCHEMA,
-        MODEL_SCHEMA_VERSION,
-        false,
+/// Commits an index directory (head `knn`).
+fn finalize_index(cfg: &Config, ctx: &Context, ins: &[Input]) -> Result<Manifest, Error> {
+    use geoloc_models::retrieval::{Index, INDEX_CARD_FILE, INDEX_FILE};
+    let card = Index::load_card(&ctx.out_dir).map_err(|e| Error::Data(e.to_string()))?;
+    let info = ManifestInfo {
+        stage: KIND.into(),
+        stage_format_version: FORMAT_VERSION,
+        fingerprint: fingerprint(cfg, ctx, ins)?,
+        config: serde_json::to_value(cfg).map_err(|e| Error::Config(e.to_string()))?,
+        build: ctx.build.clone(),
+        metadata: json!({
+            "head": "knn",
+            "photos": card.photos,
+            "dim": card.dim,
+            "vote": card.vote,
+            "val_median_km": card.val_median_km,
+        }),
+    };
+    Ok(geoloc_core::artifact::commit(
+        &ctx.out_dir,
+        INDEX_SCHEMA,
+        INDEX_SCHEMA_VERSION,
+        &[INDEX_FILE, INDEX_CARD_FILE],
+        info,
     )?)
+}
+
+/// Opens a committed model or index directory (manifest and files checked).
+pub fn open(dir: &Path) -> Result<Manifest, Error> {
+    let index = dir.join(geoloc_models::retrieval::INDEX_CARD_FILE).exists();
+    Ok(if index {
+        geoloc_core::artifact::open(dir, INDEX_SCHEMA, INDEX_SCHEMA_VERSION, false)?
+    } else {
+        geoloc_core::artifact::open(dir, MODEL_SCHEMA, MODEL_SCHEMA_VERSION, false)?
+    })
 }
