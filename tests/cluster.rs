@@ -217,10 +217,12 @@ fn k8s_manifests_are_indexed_jobs_the_api_accepts() {
             assert_eq!(c["env"][0]["value"], "4");
         }
         let gpu = &c["resources"]["limits"]["nvidia.com/gpu"];
-        // HOG runs on CPU threads: its featurize job asks for no GPU.
+        // HOG runs on CPU threads and the retrieval index (`knn`) trains nothing: their jobs
+        // ask for no GPU.
         let wants_gpu = (cmd.contains(&"featurize") || cmd.contains(&"train"))
             && !cmd.contains(&"finalize")
-            && !cmd.contains(&"hog");
+            && !cmd.contains(&"hog")
+            && !cmd.contains(&"knn");
         assert_eq!(gpu.as_u64() == Some(1), wants_gpu, "{}", f.display());
         names.push(name.to_owned());
     }
@@ -287,9 +289,14 @@ fn gpu_jobs_take_the_gpu_binary_partition_and_image_the_others_the_cpu_ones() {
         let finalize = name.contains(".finalize.");
         // HOG features are computed on CPU threads, and the retrieval index (`knn`) trains
         // nothing: CPU jobs.
+        let instance = exec
+            .split_whitespace()
+            .skip_while(|w| *w != "--instance")
+            .nth(1)
+            .unwrap_or_default();
         let gpu_kind = (exec.contains(" featurize ") || exec.contains(" train "))
-            && !exec.contains("--instance hog ")
-            && !exec.contains("--instance knn ");
+            && instance != "hog"
+            && instance != "knn";
         if gpu_kind && !finalize {
             gpu_jobs += 1;
             assert!(
@@ -362,7 +369,7 @@ fn gpu_jobs_take_the_gpu_binary_partition_and_image_the_others_the_cpu_ones() {
             assert_eq!(image, "reg.example/geoloc:cpu", "{}", p.display());
         }
     }
-    assert_eq!(seen, (6, 7));
+    assert_eq!(seen, (6, 8));
 
     // The GPU settings without GPUs, or a GPU binary that is not there: refused.
     for (args, want) in [
@@ -460,18 +467,20 @@ fn results(runs: &Path) -> BTreeMap<String, Value> {
             "config": m.info.config,
         });
         // Artifacts: every file but those holding timings (history: seconds per epoch); the
-        // model card but the fingerprint of its input (which covers source times, above).
+        // model card and the index card but the fingerprint of their input (which covers
+        // source times, above).
+        let cards = ["model.json", "index.json"];
         if let Some(files) = m.info.metadata.get("files").and_then(|f| f.as_object()) {
             let kept: BTreeMap<&String, &Value> = files
                 .iter()
-                .filter(|(k, _)| !k.ends_with("history.parquet") && *k != "model.json")
+                .filter(|(k, _)| !k.ends_with("history.parquet") && !cards.contains(&k.as_str()))
                 .map(|(k, f)| (k, &f["blake3"]))
                 .collect();
             v["files"] = serde_json::to_value(kept).unwrap();
-            if files.contains_key("model.json") {
-                let mut card: Value = serde_json::from_str(&read(&dir.join("model.json"))).unwrap();
+            for name in cards.iter().filter(|c| files.contains_key(**c)) {
+                let mut card: Value = serde_json::from_str(&read(&dir.join(name))).unwrap();
                 card["input_fingerprint"] = Value::Null;
-                v["card"] = card;
+                v[*name] = card;
             }
         }
         out.insert(dir.file_name().unwrap().to_string_lossy().into_owned(), v);
@@ -553,7 +562,7 @@ fn the_tiny_demo_through_slurm_equals_a_local_run_and_recovers_from_a_failed_sha
         err.contains("`lite0` finalize") && err.contains("cancelled because"),
         "{err}"
     );
-    for downstream in ["country", "latlon", "geocells", "evaluate"] {
+    for downstream in ["country", "latlon", "geocells", "knn", "evaluate"] {
         assert!(
             err.contains(&format!("`{downstream}` (job")),
             "{downstream}: {err}"
@@ -582,8 +591,8 @@ fn the_tiny_demo_through_slurm_equals_a_local_run_and_recovers_from_a_failed_sha
     );
     let out = stdout(&o);
     assert!(
-        out.contains("for 5 instances"),
-        "lite0 and its four dependants: {out}"
+        out.contains("for 6 instances"),
+        "lite0 and its five dependants: {out}"
     );
     assert!(!out.contains("submitted hog_svm"), "{out}");
     let a = results(&root.join("runs/demo"));
