@@ -39,7 +39,7 @@ fn every_manifest_is_complete_and_the_features_use_the_real_lite0() {
         return;
     };
     let out = stdout(&geoloc(&["status", PIPE], &root, &[], true));
-    assert!(out.contains("10 of 10 instances fresh"), "{out}");
+    assert!(out.contains("11 of 11 instances fresh"), "{out}");
     for name in INSTANCES {
         let dir = root.join("runs/demo").join(name);
         let m =
@@ -193,7 +193,7 @@ fn the_heads_beat_their_untrained_selves_and_the_trivial_predictors() {
             }
         }
     }
-    assert_eq!(per_model.len(), 6, "{per_model:?}");
+    assert_eq!(per_model.len(), 7, "{per_model:?}");
     let c = country.trained.country.as_ref().unwrap();
     assert_eq!((right as u64, total as u64), (c.correct, c.photos));
     // The MediaEval run files: `hash;lat;lon` per predicted photo.
@@ -386,7 +386,7 @@ fn the_runner_reruns_only_what_a_change_touches() {
     let text = text.replace(marker, &marker.replace("epochs = 30", "epochs = 25"));
     std::fs::write(&pipe, &text).unwrap();
     let out = stdout(&geoloc(&["status", PIPE], root, &[], true));
-    assert!(out.contains("8 of 10 instances fresh"), "{out}");
+    assert!(out.contains("9 of 11 instances fresh"), "{out}");
     let out = stdout(&geoloc(&["run", PIPE], root, &[], true));
     let ran: Vec<&str> = out
         .lines()
@@ -748,7 +748,7 @@ fn the_own_photos_pipeline_trains_and_predicts() {
     support::link_weights(root);
     let o = geoloc(&["run", "pipelines/photos.toml"], root, &[], true);
     let out = stdout(&o);
-    for i in ["ingest", "lite0", "geocells", "country", "evaluate"] {
+    for i in ["ingest", "lite0", "geocells", "country", "knn", "evaluate"] {
         assert!(
             root.join("runs/photos")
                 .join(i)
@@ -778,4 +778,62 @@ fn the_own_photos_pipeline_trains_and_predicts() {
     let rows = text.lines().count() - 1;
     assert!(rows >= 60, "{rows} predicted:\n{}", stdout(&o));
     assert!(text.lines().next().unwrap().contains("top_places"));
+
+    // The retrieval index predicts too. A train photo's nearest neighbour is itself (cosine
+    // 1 up to rounding), and the vote places it within a kilometre of where it was taken.
+    geoloc(
+        &[
+            "predict",
+            "photos",
+            "--model",
+            "runs/photos/knn",
+            "-o",
+            "near.csv",
+            "--top-k",
+            "3",
+        ],
+        root,
+        &[],
+        true,
+    );
+    let mut r = csv::Reader::from_path(root.join("near.csv")).unwrap();
+    let h = r.headers().unwrap().clone();
+    let col = |n: &str| h.iter().position(|x| x == n).unwrap();
+    let (lat, lon, probs, locs) = (
+        col("lat"),
+        col("lon"),
+        col("top_probs"),
+        col("top_locations"),
+    );
+    let (mut rows, mut themselves) = (0, 0);
+    for row in r.records() {
+        let row = row.unwrap();
+        rows += 1;
+        let first: f64 = row[probs].split('|').next().unwrap().parse().unwrap();
+        if first < 0.9995 {
+            continue;
+        }
+        themselves += 1;
+        let (a, b) = row[locs]
+            .split('|')
+            .next()
+            .unwrap()
+            .split_once(',')
+            .unwrap();
+        let here = geoloc_core::geo::LatLon {
+            lat: row[lat].parse().unwrap(),
+            lon: row[lon].parse().unwrap(),
+        };
+        let nearest = geoloc_core::geo::LatLon {
+            lat: a.parse().unwrap(),
+            lon: b.parse().unwrap(),
+        };
+        let km = geoloc_core::geo::haversine_km(here, nearest);
+        assert!(km < 1.0, "{}: placed {km} km from itself", &row[0]);
+    }
+    // 80% of the photos are train photos (a few are rejected or share a file).
+    assert!(
+        rows >= 60 && themselves >= 40 && themselves < rows,
+        "{themselves} of {rows} photos found themselves"
+    );
 }

@@ -277,3 +277,18 @@ pub fn evaluation_result(dir: &Path) -> Result<serde_json::Value, String> {
     let m = geoloc_evaluate::open(dir).map_err(|e| e.to_string())?;
     Ok(serde_json::json!({"fingerprint": m.info.fingerprint, "files": m.info.metadata["files"]}))
 }
+
+/// The demo pipeline (in `root`) with evaluate over the HOG head only, so that no Lite0 is
+/// needed: its inputs cut to ingest, hog and hog_svm and its refinement (of Lite0 models)
+/// dropped. Panics when the demo's evaluate table changed shape.
+pub fn hog_only_demo(root: &Path) -> String {
+    let demo = std::fs::read_to_string(root.join("pipelines/demo.toml")).unwrap();
+    let all = r#"inputs = ["ingest", "lite0", "hog", "squash52x48", "country", "latlon", "geocells", "hog_svm", "small_cnn", "knn"]"#;
+    let refine = "refine = [{ model = \"geocells\", index = \"knn\", cells = 5 }]\n";
+    assert!(
+        demo.contains(all) && demo.contains(refine),
+        "the demo's evaluate inputs changed"
+    );
+    demo.replace(all, r#"inputs = ["ingest", "hog", "hog_svm"]"#)
+        .replace(refine, "")
+}

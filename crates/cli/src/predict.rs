@@ -18,6 +18,7 @@ use geoloc_imaging::{Geometry, Greyscale, PrepareOptions, Views};
 use geoloc_models::backbone::{Backbone, BackboneSpec, HogParams, WeightsSource};
 use geoloc_models::card::Task;
 use geoloc_models::predict::{top_k, Predictor};
+use geoloc_models::retrieval::{self, Index};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -144,18 +145,16 @@ fn is_sidecar(p: &Path) -> bool {
     )
 }
 
-/// The network (or HOG) that turns pixels into the head's inputs; `None` for a head on
-/// pixels (the small CNN).
+/// The network (or HOG) that turns pixels into the head's inputs, from what the card records
+/// of them (`input_kind`, `input`); `None` for a head on pixels (the small CNN).
 fn backbone(
     req: &Request,
-    p: &Predictor,
+    (input_kind, input): (&str, &serde_json::Value),
     device: &candle_core::Device,
 ) -> Result<Option<Backbone>> {
-    let card = &p.card;
-    if card.input_kind == "images" {
+    if input_kind == "images" {
         return Ok(None);
     }
-    let input = &card.input;
     let get = |k: &str| -> Result<serde_json::Value> {
         input
             .get(k)
@@ -222,9 +221,8 @@ fn backbone(
     Ok(Some(b))
 }
 
-/// How the head's pixels are made, from the card.
-fn prepare_options(p: &Predictor) -> Result<PrepareOptions> {
-    let input = &p.card.input;
+/// How the head's pixels are made, from the card's `input`.
+fn prepare_options(input: &serde_json::Value) -> Result<PrepareOptions> {
     let geometry: Geometry = serde_json::from_value(
         input
             .get("geometry")
@@ -257,12 +255,15 @@ type ViewsOrReason = Result<Vec<Vec<u8>>, String>;
 /// Runs the chain on every photo.
 pub fn predict(req: &Request) -> Result<(Vec<Prediction>, Vec<Skipped>)> {
     let device = geoloc_models::backbone::parse_device(&req.device)?;
+    if req.model.join(retrieval::INDEX_CARD_FILE).is_file() {
+        return predict_by_index(req, &device);
+    }
     geoloc_core::artifact::open(&req.model, "model", 1, true)
         .with_context(|| format!("model directory {}", req.model.display()))?;
     let p = Predictor::load(&req.model, &device)
         .with_context(|| format!("loading {}", req.model.display()))?;
-    let opts = prepare_options(&p)?;
-    let net = backbone(req, &p, &device)?;
+    let opts = prepare_options(&p.card.input)?;
+    let net = backbone(req, (&p.card.input_kind, &p.card.input), &device)?;
     let (w, h) = opts.geometry.output_size();
     if let Some(b) = &net {
         let dim = b.spec.output_dim(w, h)?;
@@ -300,40 +301,8 @@ pub fn predict(req: &Request) -> Result<(Vec<Prediction>, Vec<Skipped>)> {
             .collect(),
     };
     for chunk in files.chunks(req.batch.max(1)) {
-        // Decode and cut views in parallel.
-        let prepared: Vec<(String, ViewsOrReason)> = chunk
-            .par_iter()
-            .map(|f| {
-                let name = f.display().to_string();
-                let r = std::fs::read(f)
-                    .map_err(|e| format!("unreadable: {e}"))
-                    .and_then(|bytes| {
-                        let seed = xxhash_rust::xxh64::xxh64(name.as_bytes(), 0);
-                        geoloc_imaging::prepare(&bytes, &opts, seed)
-                            .map(|pr| pr.views.into_iter().map(|v| v.pixels).collect())
-                            .map_err(|e| format!("{}: {e}", e.reason()))
-                    });
-                (name, r)
-            })
-            .collect();
-        let mut rows: Vec<&[u8]> = Vec::new();
-        let mut owner: Vec<usize> = Vec::new();
-        let mut ok: Vec<(String, u32)> = Vec::new();
-        for (name, r) in &prepared {
-            match r {
-                Ok(views) => {
-                    for v in views {
-                        rows.push(v);
-                        owner.push(ok.len());
-                    }
-                    ok.push((name.clone(), views.len() as u32));
-                }
-                Err(reason) => skipped.push(Skipped {
-                    path: name.clone(),
-                    reason: reason.clone(),
-                }),
-            }
-        }
+        let prepared = prepare_chunk(chunk, &opts);
+        let (rows, owner, ok) = view_rows(&prepared, &mut skipped);
         if rows.is_empty() {
             continue;
         }
@@ -386,6 +355,137 @@ pub fn predict(req: &Request) -> Result<(Vec<Prediction>, Vec<Skipped>)> {
                 location,
                 country,
                 place,
+            });
+        }
+    }
+    Ok((preds, skipped))
+}
+
+/// Decodes and cuts the views of `chunk`'s photos in parallel.
+fn prepare_chunk(chunk: &[PathBuf], opts: &PrepareOptions) -> Vec<(String, ViewsOrReason)> {
+    chunk
+        .par_iter()
+        .map(|f| {
+            let name = f.display().to_string();
+            let r = std::fs::read(f)
+                .map_err(|e| format!("unreadable: {e}"))
+                .and_then(|bytes| {
+                    let seed = xxhash_rust::xxh64::xxh64(name.as_bytes(), 0);
+                    geoloc_imaging::prepare(&bytes, opts, seed)
+                        .map(|pr| pr.views.into_iter().map(|v| v.pixels).collect())
+                        .map_err(|e| format!("{}: {e}", e.reason()))
+                });
+            (name, r)
+        })
+        .collect()
+}
+
+/// The prepared photos' view rows, each row's photo (an index into the third list), and the
+/// photos with their view counts; photos without views go to `skipped`.
+type ViewRows<'a> = (Vec<&'a [u8]>, Vec<usize>, Vec<(String, u32)>);
+
+fn view_rows<'a>(
+    prepared: &'a [(String, ViewsOrReason)],
+    skipped: &mut Vec<Skipped>,
+) -> ViewRows<'a> {
+    let mut rows: Vec<&[u8]> = Vec::new();
+    let mut owner: Vec<usize> = Vec::new();
+    let mut ok: Vec<(String, u32)> = Vec::new();
+    for (name, r) in prepared {
+        match r {
+            Ok(views) => {
+                for v in views {
+                    rows.push(v);
+                    owner.push(ok.len());
+                }
+                ok.push((name.clone(), views.len() as u32));
+            }
+            Err(reason) => skipped.push(Skipped {
+                path: name.clone(),
+                reason: reason.clone(),
+            }),
+        }
+    }
+    (rows, owner, ok)
+}
+
+/// `predict` with a retrieval index (train's `head = "knn"`): each photo's views' features,
+/// normalised and averaged, are searched in the index; the location is the neighbours'
+/// vote, the top classes are the nearest train photos (their ids, cosine similarity,
+/// location and place).
+fn predict_by_index(
+    req: &Request,
+    device: &candle_core::Device,
+) -> Result<(Vec<Prediction>, Vec<Skipped>)> {
+    geoloc_core::artifact::open(&req.model, "index", 1, true)
+        .with_context(|| format!("index directory {}", req.model.display()))?;
+    let index =
+        Index::load(&req.model).with_context(|| format!("loading {}", req.model.display()))?;
+    let card = &index.card;
+    let opts = prepare_options(&card.input)?;
+    let net = backbone(req, (&card.input_kind, &card.input), device)?
+        .ok_or_else(|| anyhow!("a retrieval index is built from features, not pixels"))?;
+    let (w, h) = opts.geometry.output_size();
+    let dim = net.spec.output_dim(w, h)?;
+    if dim != index.dim() {
+        bail!(
+            "the backbone gives {dim} values per image at {w}x{h}, the index holds {}",
+            index.dim()
+        );
+    }
+    let k = card.vote.k.max(req.top_k);
+    let files = collect(&req.photos)?;
+    let mut preds = Vec::new();
+    let mut skipped = Vec::new();
+    for chunk in files.chunks(req.batch.max(1)) {
+        let prepared = prepare_chunk(chunk, &opts);
+        let (rows, owner, ok) = view_rows(&prepared, &mut skipped);
+        if rows.is_empty() {
+            continue;
+        }
+        let x = net.features(&rows, w, h)?;
+        let mut means: Vec<retrieval::QueryMean> =
+            ok.iter().map(|_| retrieval::QueryMean::new(dim)).collect();
+        for (j, &o) in owner.iter().enumerate() {
+            means[o].add(&x[j * dim..(j + 1) * dim]);
+        }
+        let mut queries = Vec::with_capacity(ok.len() * dim);
+        let mut asked = Vec::with_capacity(ok.len());
+        for ((name, views), m) in ok.into_iter().zip(&means) {
+            match m.finish() {
+                Some(q) => {
+                    queries.extend_from_slice(&q);
+                    asked.push((name, views));
+                }
+                None => skipped.push(Skipped {
+                    path: name,
+                    reason: "zero-features: every view's feature vector is zero".into(),
+                }),
+            }
+        }
+        for ((name, views), hits) in asked.into_iter().zip(index.search(&queries, k)) {
+            let location = index.place(&hits);
+            let here = location.and_then(place_at);
+            let top = hits
+                .iter()
+                .take(req.top_k.max(1))
+                .map(|h| {
+                    let l = index.location(h.row);
+                    TopClass {
+                        class: index.id(h.row).to_owned(),
+                        prob: h.sim,
+                        location: Some(l),
+                        place: place_at(l),
+                    }
+                })
+                .collect();
+            preds.push(Prediction {
+                path: name,
+                views,
+                top,
+                location,
+                country: here.as_ref().filter(|h| !h.near).map(|h| h.country.clone()),
+                place: here.as_ref().map(|h| h.label()),
             });
         }
     }

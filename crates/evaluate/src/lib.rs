@@ -94,6 +94,29 @@ pub struct Config {
     /// The report's title (default: the pipeline's instance name).
     #[serde(default)]
     pub title: Option<String>,
+    /// Geocell heads refined by a retrieval index (Kordopatis-Zilos et al. 2021; PIGEON
+    /// refines in its top 5 cells): `[{ model = "geocells", index = "knn", cells = 5 }]`; the
+    /// head picks its top `cells` cells, the photo is placed by the index's vote over its
+    /// nearest train photos inside them. Scored as `MODEL+INDEX`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refine: Vec<Refine>,
+}
+
+/// One refined predictor: see [`Config::refine`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Refine {
+    /// A geocell head among the inputs (a train instance's name).
+    pub model: String,
+    /// A retrieval index among the inputs (train's `head = "knn"`) over the same features.
+    pub index: String,
+    /// The head's top cells the search stays in (default 5).
+    #[serde(default = "five")]
+    pub cells: usize,
+}
+
+fn five() -> usize {
+    5
 }
 
 fn default_top_k() -> usize {
@@ -112,6 +135,7 @@ impl Default for Config {
             run_files: false,
             report: true,
             title: None,
+            refine: Vec::new(),
         }
     }
 }
@@ -442,12 +466,20 @@ fn read_truth(input: &Input) -> Result<Truth, Error> {
 enum Scorer<'a> {
     Head(&'a Predictor),
     Index(&'a Index),
+    /// A geocell head whose top `cells` cells a search of the index stays in; `cell_of_row`:
+    /// each index row's cell (class) under the head's partition.
+    Refined {
+        head: &'a Predictor,
+        index: &'a Index,
+        cells: usize,
+        cell_of_row: &'a [Option<u32>],
+    },
 }
 
 impl Scorer<'_> {
     fn input_dim(&self) -> usize {
         match self {
-            Scorer::Head(p) => p.input_dim(),
+            Scorer::Head(p) | Scorer::Refined { head: p, .. } => p.input_dim(),
             Scorer::Index(i) => i.dim(),
         }
     }
@@ -458,19 +490,32 @@ impl Scorer<'_> {
         match self {
             Scorer::Head(p) => p.output_dim(),
             Scorer::Index(i) => i.dim(),
+            Scorer::Refined { head, index, .. } => head.output_dim() + index.dim(),
         }
     }
 
     fn scores(&self, x: &[f32]) -> Result<Vec<f32>, Error> {
+        let unit = |x: &[f32], d: usize| {
+            let mut v = x.to_vec();
+            v.chunks_mut(d).for_each(|r| {
+                // A zero row stays zero: it adds nothing to the photo's mean.
+                retrieval::normalise(r);
+            });
+            v
+        };
         match self {
             Scorer::Head(p) => Ok(p.scores(x)?),
-            Scorer::Index(i) => {
-                let mut v = x.to_vec();
-                v.chunks_mut(i.dim()).for_each(|r| {
-                    // A zero row stays zero: it adds nothing to the photo's mean.
-                    retrieval::normalise(r);
-                });
-                Ok(v)
+            Scorer::Index(i) => Ok(unit(x, i.dim())),
+            // Per row: the head's probabilities, then the row's unit vector.
+            Scorer::Refined { head, index, .. } => {
+                let (a, b) = (head.output_dim(), index.dim());
+                let probs = head.scores(x)?;
+                let v = unit(x, b);
+                Ok(probs
+                    .chunks(a)
+                    .zip(v.chunks(b))
+                    .flat_map(|(p, v)| p.iter().chain(v).copied())
+                    .collect())
             }
         }
     }
@@ -558,7 +603,7 @@ impl<'a> Photos<'a> {
                     let d = self.how.decide(h, ph, &o.mean(0), o.views(0), self.truth);
                     self.decided[i].push(d);
                 }
-                Scorer::Index(_) => {
+                Scorer::Index(_) | Scorer::Refined { .. } => {
                     self.waiting[i].push((ph, o.views(0), o.mean(0)));
                     if self.waiting[i].len() >= SEARCH_BATCH {
                         self.search(i);
@@ -571,6 +616,15 @@ impl<'a> Photos<'a> {
 
     /// Searches index `i` for its waiting photos in one batch and decides them.
     fn search(&mut self, i: usize) {
+        if let Scorer::Refined {
+            head,
+            index,
+            cells,
+            cell_of_row,
+        } = self.scorers[i]
+        {
+            return self.search_refined(i, head, index, cells, cell_of_row);
+        }
         let Scorer::Index(index) = self.scorers[i] else {
             return;
         };
@@ -591,6 +645,52 @@ impl<'a> Photos<'a> {
         for ((ph, views), hits) in asked.into_iter().zip(index.search(&queries, k)) {
             let d = self.how.decide_hits(index, ph, views, &hits, self.truth);
             self.decided[i].push(d);
+        }
+    }
+
+    /// Searches the refined predictor `i`'s waiting photos, each within its head's top
+    /// cells, and decides them: the vote over the neighbours found there, or the head's own
+    /// location when none of its top cells holds a train photo of the index.
+    fn search_refined(
+        &mut self,
+        i: usize,
+        head: &Predictor,
+        index: &Index,
+        cells: usize,
+        cell_of_row: &[Option<u32>],
+    ) {
+        let waiting = std::mem::take(&mut self.waiting[i]);
+        let a = head.output_dim();
+        let mut queries = Vec::with_capacity(waiting.len() * index.dim());
+        let mut asked = Vec::with_capacity(waiting.len());
+        let mut tops: Vec<Vec<u32>> = Vec::with_capacity(waiting.len());
+        for (ph, views, mean) in waiting {
+            let (probs, q) = mean.split_at(a);
+            let mut q = q.to_vec();
+            // The head's own decision, the fallback; its top-k are cells, not train photos.
+            let mut d = self.how.decide(head, ph, probs, views, self.truth);
+            d.top.clear();
+            if retrieval::normalise(&mut q) {
+                queries.extend_from_slice(&q);
+                tops.push(top_k(probs, cells).iter().map(|c| c.0 as u32).collect());
+                asked.push(d);
+            } else {
+                self.decided[i].push(d);
+            }
+        }
+        let k = index.card.vote.k.max(self.how.cfg.top_k);
+        let hits = index.search_where(&queries, k, |q, row| {
+            cell_of_row[row as usize].is_some_and(|c| tops[q].contains(&c))
+        });
+        for (d, hits) in asked.into_iter().zip(hits) {
+            if hits.is_empty() {
+                self.decided[i].push(d);
+                continue;
+            }
+            let r = self
+                .how
+                .decide_hits(index, d.photo, d.views, &hits, self.truth);
+            self.decided[i].push(r);
         }
     }
 
@@ -987,6 +1087,86 @@ pub fn run(cfg: &Config, ctx: &Context, ins: &[Input]) -> Result<Summary, Error>
             photos = index.len(),
             seconds = format!("{:.2}", tm.elapsed().as_secs_f64()),
             "searched"
+        );
+        results.push(result);
+    }
+    for rf in &cfg.refine {
+        let tm = Instant::now();
+        let name = format!("{}+{}", rf.model, rf.index);
+        let find = |list: &[&Input], n: &str, what: &str| -> Result<PathBuf, Error> {
+            list.iter()
+                .find(|i| i.name == n)
+                .map(|i| i.dir.clone())
+                .ok_or_else(|| {
+                    Error::Config(format!(
+                        "refine `{name}`: no {what} `{n}` among evaluate's inputs"
+                    ))
+                })
+        };
+        let head = Predictor::load(&find(&s.models, &rf.model, "model")?, &device)?;
+        let index = Index::load(&find(&s.indexes, &rf.index, "index")?)
+            .map_err(|e| Error::Data(e.to_string()))?;
+        if head.card.task != Task::Geocell {
+            return Err(Error::Config(format!(
+                "refine `{name}`: `{}` is a {} head; refinement searches within geocells",
+                rf.model,
+                task_name(head.card.task)
+            )));
+        }
+        if rf.cells == 0 {
+            return Err(Error::Config(format!(
+                "refine `{name}`: cells must be at least 1"
+            )));
+        }
+        if head.card.input_fingerprint != index.card.input_fingerprint {
+            return Err(Error::Config(format!(
+                "refine `{name}`: the head and the index were built from different features"
+            )));
+        }
+        let c = &head.card;
+        let data = find_input(
+            &rf.model,
+            (c.input_fingerprint.as_deref(), &c.input, &c.input_kind),
+            &s.data,
+        )?;
+        let lookup = geoloc_models::geocells::CellLookup::from_tokens(&head.card.classes)
+            .map_err(|e| Error::Data(format!("refine `{name}`: {e}")))?;
+        let cell_of_row = index.classes_of_rows(|lat, lon| lookup.locate(lat, lon));
+        let how = Deciding {
+            cfg,
+            country_classes: false,
+        };
+        let scorer = Scorer::Refined {
+            head: &head,
+            index: &index,
+            cells: rf.cells,
+            cell_of_row: &cell_of_row,
+        };
+        let bar = ctx.progress_bar(&format!("evaluate {name}"), 0, "rows");
+        let d = score_test_photos(data, &truth, &[scorer], &how, &bar)?
+            .pop()
+            .unwrap_or_default();
+        bar.finish_and_clear();
+        let result = ModelResult {
+            name: name.clone(),
+            task: "location".into(),
+            head: format!("{} refined by knn", head.card.head.kind()),
+            input: data.name.clone(),
+            missing_photos: truth.ids.len() - d.len(),
+            trained: score(&name, &d, &truth, &radii, "location"),
+            epoch0: None,
+        };
+        // A photo's top-k: the nearest train photos inside its cells (or, where none, the
+        // head's cells).
+        let label = |r: usize| Some(index.id(r as u32).to_owned());
+        batches.push(prediction_batch(&name, &label, &d, &truth)?);
+        if cfg.run_files {
+            run_files.push((name.clone(), run_file(&d, &truth)));
+        }
+        tracing::info!(
+            refined = %name,
+            seconds = format!("{:.2}", tm.elapsed().as_secs_f64()),
+            "searched within cells"
         );
         results.push(result);
     }

@@ -14,6 +14,7 @@ pub mod checkpoint;
 pub mod cnn_trainer;
 pub mod conv;
 pub mod efficientnet;
+pub mod geocells;
 pub mod googlenet;
 pub mod heads;
 pub mod optim;

@@ -198,14 +198,27 @@ pub fn normalise(v: &mut [f32]) -> bool {
 /// product is computed, `BLOCK_QUERIES x BLOCK_ROWS` at a time with one `gemm` call, and each
 /// query keeps a heap of `k`. With fewer than `k` rows every row is returned.
 pub fn exact_top_k(queries: &[f32], base: &[f32], dim: usize, k: usize) -> Vec<Vec<Hit>> {
+    exact_top_k_where(queries, base, dim, k, |_, _| true)
+}
+
+/// [`exact_top_k`] among the rows `keep(query, row)` accepts (query: its index among
+/// `queries`): each query's `k` best kept rows (fewer when fewer are kept).
+pub fn exact_top_k_where(
+    queries: &[f32],
+    base: &[f32],
+    dim: usize,
+    k: usize,
+    keep: impl Fn(usize, u32) -> bool + Sync,
+) -> Vec<Vec<Hit>> {
     assert!(dim > 0 && queries.len().is_multiple_of(dim) && base.len().is_multiple_of(dim));
     let nq = queries.len() / dim;
     let nb = base.len() / dim;
     let k = k.min(nb);
     let mut out = Vec::with_capacity(nq);
     let mut sims = vec![0f32; BLOCK_QUERIES * BLOCK_ROWS];
-    for qb in queries.chunks(BLOCK_QUERIES * dim) {
+    for (qi, qb) in queries.chunks(BLOCK_QUERIES * dim).enumerate() {
         let m = qb.len() / dim;
+        let q0 = qi * BLOCK_QUERIES;
         let mut heaps: Vec<BinaryHeap<Worst>> =
             (0..m).map(|_| BinaryHeap::with_capacity(k + 1)).collect();
         if k > 0 {
@@ -226,10 +239,11 @@ pub fn exact_top_k(queries: &[f32], base: &[f32], dim: usize, k: usize) -> Vec<V
                 );
                 heaps.par_iter_mut().enumerate().for_each(|(q, heap)| {
                     for (r, &sim) in sims[q * n..(q + 1) * n].iter().enumerate() {
-                        let hit = Worst(Hit {
-                            row: (first + r) as u32,
-                            sim,
-                        });
+                        let row = (first + r) as u32;
+                        if !keep(q0 + q, row) {
+                            continue;
+                        }
+                        let hit = Worst(Hit { row, sim });
                         if heap.len() < k {
                             heap.push(hit);
                         } else if let Some(top) = heap.peek() {
@@ -341,6 +355,24 @@ impl Index {
     /// The `k` nearest rows of each query (row-major, `dim` wide, of unit length).
     pub fn search(&self, queries: &[f32], k: usize) -> Vec<Vec<Hit>> {
         exact_top_k(queries, &self.vectors, self.card.dim, k)
+    }
+
+    /// [`Index::search`] among the rows `keep(query, row)` accepts.
+    pub fn search_where(
+        &self,
+        queries: &[f32],
+        k: usize,
+        keep: impl Fn(usize, u32) -> bool + Sync,
+    ) -> Vec<Vec<Hit>> {
+        exact_top_k_where(queries, &self.vectors, self.card.dim, k, keep)
+    }
+
+    /// Each row's class under a partition (`locate(lat, lon)`, e.g. a geocell head's cells).
+    pub fn classes_of_rows(&self, locate: impl Fn(f64, f64) -> Option<usize>) -> Vec<Option<u32>> {
+        self.coords
+            .iter()
+            .map(|c| locate(c[0], c[1]).map(|i| i as u32))
+            .collect()
     }
 
     /// Where the neighbours `hits` (best first) place a photo: the density vote over the
@@ -595,6 +627,17 @@ mod tests {
         let got = exact_top_k(&queries[..dim * 3], &tiny, dim, 12);
         assert_eq!(got, brute(&queries[..dim * 3], &tiny, dim, 12));
         assert!(got.iter().all(|h| h.len() == 5));
+        // A filter: odd rows only, and per query a different residue.
+        let odd = exact_top_k_where(&queries, &base, dim, 9, |_, r| r % 2 == 1);
+        let want: Vec<Vec<Hit>> = brute(&queries, &base, dim, base.len() / dim)
+            .into_iter()
+            .map(|h| h.into_iter().filter(|x| x.row % 2 == 1).take(9).collect())
+            .collect();
+        assert_eq!(odd, want);
+        let per = exact_top_k_where(&queries, &base, dim, 4, |q, r| r as usize % 3 == q % 3);
+        for (q, h) in per.iter().enumerate() {
+            assert!(h.len() == 4 && h.iter().all(|x| x.row as usize % 3 == q % 3));
+        }
         // k = 0 and an empty query set.
         assert!(exact_top_k(&queries[..dim], &tiny, dim, 0)[0].is_empty());
         assert!(exact_top_k(&[], &tiny, dim, 3).is_empty());
