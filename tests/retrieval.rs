@@ -187,4 +187,34 @@ fn a_near_duplicate_of_a_train_photo_is_placed_at_it() {
     assert!(knn.epoch0.is_none());
     let report = std::fs::read_to_string(root.join("runs/near/evaluate/report.md")).unwrap();
     assert!(report.contains("knn"), "{report}");
+
+    // A touched photo: the features are recomputed to equal values under a new fingerprint,
+    // the index stays fresh, and evaluate, forced, still finds the features it was built
+    // from (by their content) and scores the same.
+    let before = support::evaluation_result(&root.join("runs/near/evaluate")).unwrap();
+    let touched = root.join(originals.keys().next().unwrap());
+    std::fs::File::options()
+        .append(true)
+        .open(&touched)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(60))
+        .unwrap();
+    let out = stdout(&geoloc(&["run", "pipelines/near.toml"], root, &[], true));
+    assert!(out.contains("lite0: ran"), "{out}");
+    assert_eq!(out.matches(": ran").count(), 1, "{out}");
+    let out = stdout(&geoloc(
+        &[
+            "run",
+            "pipelines/near.toml",
+            "--force",
+            "--only",
+            "evaluate",
+        ],
+        root,
+        &[],
+        true,
+    ));
+    assert!(out.contains("evaluate: ran"), "{out}");
+    let after = support::evaluation_result(&root.join("runs/near/evaluate")).unwrap();
+    assert_eq!(before["files"], after["files"]);
 }

@@ -40,7 +40,7 @@ use geoloc_models::retrieval::{self, Index};
 use metrics::{Confusion, CountryMetrics, DistanceMetrics, DEFAULT_RADII_KM};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -97,9 +97,27 @@ pub struct Config {
     /// Geocell heads refined by a retrieval index (Kordopatis-Zilos et al. 2021; PIGEON
     /// refines in its top 5 cells): `[{ model = "geocells", index = "knn", cells = 5 }]`; the
     /// head picks its top `cells` cells, the photo is placed by the index's vote over its
-    /// nearest train photos inside them. Scored as `MODEL+INDEX`.
+    /// nearest train photos inside them. Scored as `MODEL+INDEX` (or the entry's `name`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub refine: Vec<Refine>,
+}
+
+impl Config {
+    /// The refined predictors' names, in order: each entry's `name`, else `MODEL+INDEX`;
+    /// an error when two are the same.
+    pub fn refine_names(&self) -> Result<Vec<String>, Error> {
+        let mut names: Vec<String> = Vec::with_capacity(self.refine.len());
+        for rf in &self.refine {
+            let name = rf.name();
+            if names.contains(&name) {
+                return Err(Error::Config(format!(
+                    "refine: two entries are named `{name}`; give each a `name`"
+                )));
+            }
+            names.push(name);
+        }
+        Ok(names)
+    }
 }
 
 /// One refined predictor: see [`Config::refine`].
@@ -113,6 +131,18 @@ pub struct Refine {
     /// The head's top cells the search stays in (default 5).
     #[serde(default = "five")]
     pub cells: usize,
+    /// The predictor's name in the metrics, predictions and report (default `MODEL+INDEX`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl Refine {
+    /// Its name: `name`, else `MODEL+INDEX`.
+    pub fn name(&self) -> String {
+        self.name
+            .clone()
+            .unwrap_or_else(|| format!("{}+{}", self.model, self.index))
+    }
 }
 
 fn five() -> usize {
@@ -369,6 +399,7 @@ fn sort_inputs(ins: &[Input]) -> Result<Sorted<'_>, Error> {
 /// input's columns.
 pub fn fingerprint(cfg: &Config, _ctx: &Context, ins: &[Input]) -> Result<String, Error> {
     cfg.radii()?;
+    cfg.refine_names()?;
     let s = sort_inputs(ins)?;
     let mut fp = Fingerprint::new(KIND, FORMAT_VERSION)
         .config(cfg)?
@@ -975,7 +1006,12 @@ pub fn run(cfg: &Config, ctx: &Context, ins: &[Input]) -> Result<Summary, Error>
         let c = &trained.card;
         let data = find_input(
             &m.name,
-            (c.input_fingerprint.as_deref(), &c.input, &c.input_kind),
+            InputRef {
+                fingerprint: c.input_fingerprint.as_deref(),
+                columns: &c.input_columns,
+                metadata: &c.input,
+                kind: &c.input_kind,
+            },
             &s.data,
         )?;
         if trained.card.classes.len() != trained.output_dim() && trained.card.task != Task::Latlon {
@@ -1048,7 +1084,12 @@ pub fn run(cfg: &Config, ctx: &Context, ins: &[Input]) -> Result<Summary, Error>
         let c = &index.card;
         let data = find_input(
             &ix.name,
-            (c.input_fingerprint.as_deref(), &c.input, &c.input_kind),
+            InputRef {
+                fingerprint: c.input_fingerprint.as_deref(),
+                columns: &c.input_columns,
+                metadata: &c.input,
+                kind: &c.input_kind,
+            },
             &s.data,
         )?;
         let how = Deciding {
@@ -1090,9 +1131,8 @@ pub fn run(cfg: &Config, ctx: &Context, ins: &[Input]) -> Result<Summary, Error>
         );
         results.push(result);
     }
-    for rf in &cfg.refine {
+    for (rf, name) in cfg.refine.iter().zip(cfg.refine_names()?) {
         let tm = Instant::now();
-        let name = format!("{}+{}", rf.model, rf.index);
         let find = |list: &[&Input], n: &str, what: &str| -> Result<PathBuf, Error> {
             list.iter()
                 .find(|i| i.name == n)
@@ -1118,7 +1158,10 @@ pub fn run(cfg: &Config, ctx: &Context, ins: &[Input]) -> Result<Summary, Error>
                 "refine `{name}`: cells must be at least 1"
             )));
         }
-        if head.card.input_fingerprint != index.card.input_fingerprint {
+        let same_features = head.card.input_fingerprint == index.card.input_fingerprint
+            || (!head.card.input_columns.is_empty()
+                && head.card.input_columns == index.card.input_columns);
+        if !same_features {
             return Err(Error::Config(format!(
                 "refine `{name}`: the head and the index were built from different features"
             )));
@@ -1126,7 +1169,12 @@ pub fn run(cfg: &Config, ctx: &Context, ins: &[Input]) -> Result<Summary, Error>
         let c = &head.card;
         let data = find_input(
             &rf.model,
-            (c.input_fingerprint.as_deref(), &c.input, &c.input_kind),
+            InputRef {
+                fingerprint: c.input_fingerprint.as_deref(),
+                columns: &c.input_columns,
+                metadata: &c.input,
+                kind: &c.input_kind,
+            },
             &s.data,
         )?;
         let lookup = geoloc_models::geocells::CellLookup::from_tokens(&head.card.classes)
@@ -1233,16 +1281,28 @@ fn ctx_name(ctx: &Context) -> String {
 /// The data input a model (or index) `name` was built from: the one whose fingerprint its
 /// card records (`(fingerprint, metadata, kind)`; cards without a fingerprint match by the
 /// input's metadata).
-fn find_input<'a>(
-    name: &str,
-    (want, metadata, kind): (Option<&str>, &serde_json::Value, &str),
-    data: &[&'a Input],
-) -> Result<&'a Input, Error> {
+/// What a model or index card records of the dataset it was built from.
+struct InputRef<'a> {
+    fingerprint: Option<&'a str>,
+    /// Column checksums (empty in cards written before they were recorded).
+    columns: &'a BTreeMap<String, String>,
+    metadata: &'a serde_json::Value,
+    kind: &'a str,
+}
+
+/// The data input a model or index was built from: the one with its recorded fingerprint,
+/// else the one with its recorded content (column checksums: a dataset recomputed to equal
+/// values gets a new fingerprint, and the runner leaves what was trained on it fresh); cards
+/// without either are matched by the input's metadata.
+fn find_input<'a>(name: &str, want: InputRef<'_>, data: &[&'a Input]) -> Result<&'a Input, Error> {
     let found: Vec<&&Input> = data
         .iter()
-        .filter(|d| match want {
-            Some(f) => d.manifest.info.fingerprint == f,
-            None => d.manifest.info.metadata == *metadata,
+        .filter(|d| match want.fingerprint {
+            Some(f) => {
+                d.manifest.info.fingerprint == f
+                    || (!want.columns.is_empty() && d.manifest.columns == *want.columns)
+            }
+            None => d.manifest.info.metadata == *want.metadata,
         })
         .collect();
     match found[..] {
@@ -1251,8 +1311,8 @@ fn find_input<'a>(
             "model `{}` was trained on a {} dataset (fingerprint {}) that is not among \
              evaluate's inputs ({}); add the instance it was trained on",
             name,
-            kind,
-            want.unwrap_or("not recorded"),
+            want.kind,
+            want.fingerprint.unwrap_or("not recorded"),
             data.iter()
                 .map(|d| d.name.as_str())
                 .collect::<Vec<_>>()
@@ -1478,6 +1538,22 @@ pub fn read_metrics(dir: &Path) -> Result<Metrics, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refined_predictors_are_named_and_names_do_not_repeat() {
+        let cfg: Config = toml::from_str(
+            r#"refine = [{ model = "geocells", index = "knn" }, { model = "geocells", index = "knn", cells = 1, name = "top1" }]"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.refine[0].cells, 5);
+        assert_eq!(cfg.refine_names().unwrap(), ["geocells+knn", "top1"]);
+        let twice: Config = toml::from_str(
+            r#"refine = [{ model = "geocells", index = "knn" }, { model = "geocells", index = "knn", cells = 1 }]"#,
+        )
+        .unwrap();
+        let e = twice.refine_names().unwrap_err().to_string();
+        assert!(e.contains("two entries are named `geocells+knn`"), "{e}");
+    }
 
     /// Antimeridian and pole cases, under all three distances.
     #[test]

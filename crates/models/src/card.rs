@@ -117,6 +117,11 @@ pub struct ModelCard {
     /// must score by it.
     #[serde(default)]
     pub input_fingerprint: Option<String>,
+    /// The input dataset's column checksums (its manifest's): its content, which stays the
+    /// same when the dataset is recomputed to equal values under a new fingerprint (the
+    /// photos touched, say). Evaluate accepts an input that matches either.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub input_columns: std::collections::BTreeMap<String, String>,
     pub geocells: Option<GeocellInfo>,
     /// Geocell heads: how many top cells a location averages (1: the top cell's).
     #[serde(default)]

@@ -124,6 +124,9 @@ pub struct IndexCard {
     pub input: serde_json::Value,
     /// The input dataset's fingerprint: evaluate finds the features to query with by it.
     pub input_fingerprint: Option<String>,
+    /// The input dataset's column checksums: its content (see the model card's).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub input_columns: std::collections::BTreeMap<String, String>,
     /// Values per row.
     pub dim: usize,
     /// Rows (train photos).
@@ -738,6 +741,7 @@ mod tests {
             input_kind: "features".into(),
             input: serde_json::json!({"dim": 2}),
             input_fingerprint: Some("f".into()),
+            input_columns: Default::default(),
             dim: 2,
             photos: 3,
             views: 3,
