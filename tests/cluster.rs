@@ -61,7 +61,7 @@ fn slurm_scripts_shard_chain_and_requeue() {
         &[],
         true,
     ));
-    assert!(out.contains("for 11 instances"), "{out}");
+    assert!(out.contains("for 12 instances"), "{out}");
     let sub = root.join("sub");
     // Sharded kinds: an array and a finalize; the others one job each.
     let crop = read(&sub.join("03-squash52x48.sbatch"));
@@ -101,7 +101,7 @@ fn slurm_scripts_shard_chain_and_requeue() {
         train.contains("= 75 ]") && train.contains("scontrol requeue"),
         "{train}"
     );
-    assert!(!read(&sub.join("10-evaluate.sbatch")).contains("--gres"));
+    assert!(!read(&sub.join("11-evaluate.sbatch")).contains("--gres"));
     // submit.sh: each job after its inputs' last jobs (the finalize of a sharded one).
     let submit = read(&sub.join("submit.sh"));
     assert!(submit.contains("submit squash52x48 shards 03-squash52x48.sbatch \"${J[ingest]}\""));
@@ -160,7 +160,7 @@ fn k8s_manifests_are_indexed_jobs_the_api_accepts() {
         &[],
         true,
     ));
-    assert!(out.contains("14 Job manifests for 11 instances"), "{out}");
+    assert!(out.contains("15 Job manifests for 12 instances"), "{out}");
     let dir = root.join("k8s");
     let mut names = Vec::new();
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -169,7 +169,7 @@ fn k8s_manifests_are_indexed_jobs_the_api_accepts() {
         .filter(|p| p.to_string_lossy().ends_with(".job.json"))
         .collect();
     files.sort();
-    assert_eq!(files.len(), 14);
+    assert_eq!(files.len(), 15);
     for f in &files {
         let j: Value = serde_json::from_str(&read(f)).unwrap();
         assert_eq!(j["apiVersion"], "batch/v1", "{}", f.display());
@@ -235,7 +235,7 @@ fn k8s_manifests_are_indexed_jobs_the_api_accepts() {
     }
     // Applied in dependency order: ingest before squash52x48 and lite0, lite0 before evaluate.
     let pos = |s: &str| apply.find(s).unwrap();
-    assert!(pos("00-ingest") < pos("03-squash52x48") && pos("02-lite0") < pos("10-evaluate"));
+    assert!(pos("00-ingest") < pos("03-squash52x48") && pos("02-lite0") < pos("11-evaluate"));
 }
 
 /// One submission, two kinds of node: with `--gpu-binary`, `--gpu-partition` (Slurm) and
@@ -273,7 +273,7 @@ fn gpu_jobs_take_the_gpu_binary_partition_and_image_the_others_the_cpu_ones() {
         &[],
         true,
     ));
-    assert!(out.contains("for 11 instances"), "{out}");
+    assert!(out.contains("for 12 instances"), "{out}");
     let (mut gpu_jobs, mut cpu_jobs) = (0, 0);
     for e in std::fs::read_dir(root.join("sub")).unwrap() {
         let p = e.unwrap().path();
@@ -329,9 +329,9 @@ fn gpu_jobs_take_the_gpu_binary_partition_and_image_the_others_the_cpu_ones() {
             .unwrap();
         assert!(st.success(), "{name} is not valid shell");
     }
-    // Lite0's featurize and the five train jobs on GPUs; ingest, the 52x48 preprocess, HOG,
+    // Lite0's featurize and the six train jobs on GPUs; ingest, the 52x48 preprocess, HOG,
     // their finalizes, Lite0's finalize, the knn index and evaluate on CPUs.
-    assert_eq!((gpu_jobs, cpu_jobs), (6, 8));
+    assert_eq!((gpu_jobs, cpu_jobs), (7, 8));
 
     // Kubernetes: the GPU jobs' image holds the CUDA build.
     geoloc(
@@ -369,7 +369,7 @@ fn gpu_jobs_take_the_gpu_binary_partition_and_image_the_others_the_cpu_ones() {
             assert_eq!(image, "reg.example/geoloc:cpu", "{}", p.display());
         }
     }
-    assert_eq!(seen, (6, 8));
+    assert_eq!(seen, (7, 8));
 
     // The GPU settings without GPUs, or a GPU binary that is not there: refused.
     for (args, want) in [
@@ -514,7 +514,7 @@ fn the_tiny_demo_through_slurm_equals_a_local_run_and_recovers_from_a_failed_sha
     );
     let out = stdout(&o);
     assert!(out.contains("submitted lite0 shards"), "{out}");
-    assert!(out.contains("all 23 jobs completed"), "{out}");
+    assert!(out.contains("all 24 jobs completed"), "{out}");
     eprintln!(
         "tiny demo through Slurm: {:.1}s",
         t0.elapsed().as_secs_f64()
@@ -562,7 +562,14 @@ fn the_tiny_demo_through_slurm_equals_a_local_run_and_recovers_from_a_failed_sha
         err.contains("`lite0` finalize") && err.contains("cancelled because"),
         "{err}"
     );
-    for downstream in ["country", "latlon", "geocells", "knn", "evaluate"] {
+    for downstream in [
+        "country",
+        "latlon",
+        "geocells",
+        "geocells_smooth",
+        "knn",
+        "evaluate",
+    ] {
         assert!(
             err.contains(&format!("`{downstream}` (job")),
             "{downstream}: {err}"
@@ -591,8 +598,8 @@ fn the_tiny_demo_through_slurm_equals_a_local_run_and_recovers_from_a_failed_sha
     );
     let out = stdout(&o);
     assert!(
-        out.contains("for 6 instances"),
-        "lite0 and its five dependants: {out}"
+        out.contains("for 7 instances"),
+        "lite0 and its six dependants: {out}"
     );
     assert!(!out.contains("submitted hog_svm"), "{out}");
     let a = results(&root.join("runs/demo"));

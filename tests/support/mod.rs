@@ -283,8 +283,8 @@ pub fn evaluation_result(dir: &Path) -> Result<serde_json::Value, String> {
 /// dropped. Panics when the demo's evaluate table changed shape.
 pub fn hog_only_demo(root: &Path) -> String {
     let demo = std::fs::read_to_string(root.join("pipelines/demo.toml")).unwrap();
-    let all = r#"inputs = ["ingest", "lite0", "hog", "squash52x48", "country", "latlon", "geocells", "hog_svm", "small_cnn", "knn"]"#;
-    let refine = "refine = [{ model = \"geocells\", index = \"knn\", cells = 5 }]\n";
+    let all = r#"inputs = ["ingest", "lite0", "hog", "squash52x48", "country", "latlon", "geocells", "geocells_smooth", "hog_svm", "small_cnn", "knn"]"#;
+    let refine = "refine = [{ model = \"geocells\", index = \"knn\", cells = 1 }]\n";
     assert!(
         demo.contains(all) && demo.contains(refine),
         "the demo's evaluate inputs changed"
