@@ -1003,17 +1003,7 @@ pub fn run(cfg: &Config, ctx: &Context, ins: &[Input]) -> Result<Summary, Error>
         let tm = Instant::now();
         geoloc_core::artifact::open(&m.dir, "model", 1, false)?;
         let trained = Predictor::load(&m.dir, &device)?;
-        let c = &trained.card;
-        let data = find_input(
-            &m.name,
-            InputRef {
-                fingerprint: c.input_fingerprint.as_deref(),
-                columns: &c.input_columns,
-                metadata: &c.input,
-                kind: &c.input_kind,
-            },
-            &s.data,
-        )?;
+        let data = find_input(&m.name, InputRef::of_model(&trained.card), &s.data)?;
         if trained.card.classes.len() != trained.output_dim() && trained.card.task != Task::Latlon {
             return Err(Error::Data(format!(
                 "model `{}`: {} classes, {} outputs",
@@ -1081,17 +1071,7 @@ pub fn run(cfg: &Config, ctx: &Context, ins: &[Input]) -> Result<Summary, Error>
         let tm = Instant::now();
         geoloc_core::artifact::open(&ix.dir, "index", 1, false)?;
         let index = Index::load(&ix.dir).map_err(|e| Error::Data(e.to_string()))?;
-        let c = &index.card;
-        let data = find_input(
-            &ix.name,
-            InputRef {
-                fingerprint: c.input_fingerprint.as_deref(),
-                columns: &c.input_columns,
-                metadata: &c.input,
-                kind: &c.input_kind,
-            },
-            &s.data,
-        )?;
+        let data = find_input(&ix.name, InputRef::of_index(&index.card), &s.data)?;
         let how = Deciding {
             cfg,
             country_classes: false,
@@ -1166,17 +1146,7 @@ pub fn run(cfg: &Config, ctx: &Context, ins: &[Input]) -> Result<Summary, Error>
                 "refine `{name}`: the head and the index were built from different features"
             )));
         }
-        let c = &head.card;
-        let data = find_input(
-            &rf.model,
-            InputRef {
-                fingerprint: c.input_fingerprint.as_deref(),
-                columns: &c.input_columns,
-                metadata: &c.input,
-                kind: &c.input_kind,
-            },
-            &s.data,
-        )?;
+        let data = find_input(&rf.model, InputRef::of_model(&head.card), &s.data)?;
         let lookup = geoloc_models::geocells::CellLookup::from_tokens(&head.card.classes)
             .map_err(|e| Error::Data(format!("refine `{name}`: {e}")))?;
         let cell_of_row = index.classes_of_rows(|lat, lon| lookup.locate(lat, lon));
@@ -1288,6 +1258,26 @@ struct InputRef<'a> {
     columns: &'a BTreeMap<String, String>,
     metadata: &'a serde_json::Value,
     kind: &'a str,
+}
+
+impl<'a> InputRef<'a> {
+    fn of_model(c: &'a geoloc_models::card::ModelCard) -> Self {
+        InputRef {
+            fingerprint: c.input_fingerprint.as_deref(),
+            columns: &c.input_columns,
+            metadata: &c.input,
+            kind: &c.input_kind,
+        }
+    }
+
+    fn of_index(c: &'a geoloc_models::retrieval::IndexCard) -> Self {
+        InputRef {
+            fingerprint: c.input_fingerprint.as_deref(),
+            columns: &c.input_columns,
+            metadata: &c.input,
+            kind: &c.input_kind,
+        }
+    }
 }
 
 /// The data input a model or index was built from: the one with its recorded fingerprint,
