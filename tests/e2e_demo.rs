@@ -92,21 +92,38 @@ fn every_manifest_is_complete_and_the_features_use_the_real_lite0() {
                 .as_str()
         )
     );
-    // Every head's model directory opens and names the features it read.
-    for head in [
-        "country",
-        "latlon",
-        "geocells",
-        "geocells_smooth",
-        "hog_svm",
-        "small_cnn",
-    ] {
-        let dir = root.join("runs/demo").join(head);
-        geoloc_train::open(&dir).unwrap_or_else(|e| panic!("{head}: {e}"));
-        let card = geoloc_models::card::ModelCard::load(&dir).unwrap();
-        assert!(card.train_rows > 500 && card.val_rows > 50, "{head}");
-        assert!(card.input_fingerprint.is_some(), "{head}");
+    // Every head's model directory opens and names the features it read (its content too);
+    // the index's card does the same.
+    let mut heads = 0;
+    for name in INSTANCES {
+        let dir = root.join("runs/demo").join(name);
+        match geoloc_train::open(&dir).map(|m| m.schema) {
+            Ok(kind) if kind == "model" => {
+                let card = geoloc_models::card::ModelCard::load(&dir).unwrap();
+                assert!(card.train_rows > 500 && card.val_rows > 50, "{name}");
+                assert!(card.input_fingerprint.is_some(), "{name}");
+                assert!(
+                    card.input_columns.contains_key("feature")
+                        || card.input_columns.contains_key("pixels"),
+                    "{name}"
+                );
+                heads += 1;
+            }
+            Ok(kind) => {
+                assert_eq!((name, kind.as_str()), ("knn", "index"));
+                let card = geoloc_models::retrieval::Index::load(&dir).unwrap().card;
+                assert!(
+                    card.input_fingerprint.is_some() && card.input_columns.contains_key("feature")
+                );
+            }
+            // Not a train stage's output.
+            Err(_) => {}
+        }
     }
+    assert_eq!(
+        heads, 6,
+        "country, latlon, geocells, geocells_smooth, hog_svm, small_cnn"
+    );
     geoloc_evaluate::open(&root.join("runs/demo/evaluate")).unwrap();
 }
 

@@ -1067,6 +1067,8 @@ pub fn run(cfg: &Config, ctx: &Context, ins: &[Input]) -> Result<Summary, Error>
         );
         results.push(result);
     }
+    // Indexes a refinement searches again are kept, not read twice.
+    let mut kept: HashMap<&str, Index> = HashMap::new();
     for ix in &s.indexes {
         let tm = Instant::now();
         geoloc_core::artifact::open(&ix.dir, "index", 1, false)?;
@@ -1110,22 +1112,26 @@ pub fn run(cfg: &Config, ctx: &Context, ins: &[Input]) -> Result<Summary, Error>
             "searched"
         );
         results.push(result);
+        if cfg.refine.iter().any(|rf| rf.index == ix.name) {
+            kept.insert(&ix.name, index);
+        }
     }
     for (rf, name) in cfg.refine.iter().zip(cfg.refine_names()?) {
         let tm = Instant::now();
-        let find = |list: &[&Input], n: &str, what: &str| -> Result<PathBuf, Error> {
-            list.iter()
-                .find(|i| i.name == n)
-                .map(|i| i.dir.clone())
-                .ok_or_else(|| {
-                    Error::Config(format!(
-                        "refine `{name}`: no {what} `{n}` among evaluate's inputs"
-                    ))
-                })
+        let missing = |what: &str, n: &str| {
+            Error::Config(format!(
+                "refine `{name}`: no {what} `{n}` among evaluate's inputs"
+            ))
         };
-        let head = Predictor::load(&find(&s.models, &rf.model, "model")?, &device)?;
-        let index = Index::load(&find(&s.indexes, &rf.index, "index")?)
-            .map_err(|e| Error::Data(e.to_string()))?;
+        let head_in = s
+            .models
+            .iter()
+            .find(|i| i.name == rf.model)
+            .ok_or_else(|| missing("model", &rf.model))?;
+        let head = Predictor::load(&head_in.dir, &device)?;
+        let index = kept
+            .get(rf.index.as_str())
+            .ok_or_else(|| missing("index", &rf.index))?;
         if head.card.task != Task::Geocell {
             return Err(Error::Config(format!(
                 "refine `{name}`: `{}` is a {} head; refinement searches within geocells",
@@ -1138,16 +1144,16 @@ pub fn run(cfg: &Config, ctx: &Context, ins: &[Input]) -> Result<Summary, Error>
                 "refine `{name}`: cells must be at least 1"
             )));
         }
-        let same_features = head.card.input_fingerprint == index.card.input_fingerprint
-            || (!head.card.input_columns.is_empty()
-                && head.card.input_columns == index.card.input_columns);
-        if !same_features {
+        let data = find_input(&rf.model, InputRef::of_model(&head.card), &s.data)?;
+        let index_data = find_input(&rf.index, InputRef::of_index(&index.card), &s.data)?;
+        if !std::ptr::eq(data, index_data) {
             return Err(Error::Config(format!(
-                "refine `{name}`: the head and the index were built from different features"
+                "refine `{name}`: the head reads `{}` and the index `{}`; they must be built \
+                 from the same features",
+                data.name, index_data.name
             )));
         }
-        let data = find_input(&rf.model, InputRef::of_model(&head.card), &s.data)?;
-        let lookup = geoloc_models::geocells::CellLookup::from_tokens(&head.card.classes)
+        let lookup = geoloc_models::geocells::Partition::from_tokens(&head.card.classes)
             .map_err(|e| Error::Data(format!("refine `{name}`: {e}")))?;
         let cell_of_row = index.classes_of_rows(|lat, lon| lookup.locate(lat, lon));
         let how = Deciding {
@@ -1156,7 +1162,7 @@ pub fn run(cfg: &Config, ctx: &Context, ins: &[Input]) -> Result<Summary, Error>
         };
         let scorer = Scorer::Refined {
             head: &head,
-            index: &index,
+            index,
             cells: rf.cells,
             cell_of_row: &cell_of_row,
         };
@@ -1248,9 +1254,6 @@ fn ctx_name(ctx: &Context) -> String {
         .unwrap_or_else(|| KIND.into())
 }
 
-/// The data input a model (or index) `name` was built from: the one whose fingerprint its
-/// card records (`(fingerprint, metadata, kind)`; cards without a fingerprint match by the
-/// input's metadata).
 /// What a model or index card records of the dataset it was built from.
 struct InputRef<'a> {
     fingerprint: Option<&'a str>,

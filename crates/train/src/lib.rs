@@ -19,13 +19,11 @@
 //! [`Summary`].
 
 mod data;
-pub mod geocell;
 
 use arrow::array::{ArrayRef, Float64Array, RecordBatch, UInt32Array};
 use arrow::datatypes::{DataType, Field, Schema};
 use candle_core::{Device, Tensor};
 use data::SplitRows;
-pub use geocell::GeocellConfig;
 use geoloc_core::dataset::{Manifest, ManifestInfo};
 use geoloc_core::fingerprint::Fingerprint;
 use geoloc_core::geo::{haversine_km, LatLon, SphericalMean};
@@ -35,6 +33,8 @@ use geoloc_models::card::{
     GeocellInfo, Metrics, ModelCard, TargetScaling, Task, CARD_FILE, CARD_VERSION, HISTORY_FILE,
     WEIGHTS_FILE,
 };
+use geoloc_models::geocells as geocell;
+pub use geoloc_models::geocells::GeocellConfig;
 use geoloc_models::heads::{
     argmax, haversine_smoothing, loss_and_grad, CpuMlpTrainer, HeadSpec, Loss, Mlp, MlpConfig,
     SmallCnnConfig, Target,
