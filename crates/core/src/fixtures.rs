@@ -57,21 +57,35 @@ pub fn shared_dir(manifest_dir: &str) -> Option<PathBuf> {
 
 /// Where `cargo xtask fetch-lite0` puts the EfficientNet-Lite0 checkpoint, relative to the
 /// workspace root.
-pub const LITE0_PATH: &str = "data/weights/efficientnet-lite0.pth";
+pub const LITE0_PATH: &str = LITE_PATHS[0];
 
-/// The real EfficientNet-Lite0 checkpoint (`$GEOLOC_LITE0`, else [`LITE0_PATH`] under the
-/// workspace root), or `None` (after printing why and how to get it) when it is absent and
-/// not required. Panics when absent and `GEOLOC_REQUIRE_SHARED=1`.
+/// Where `cargo xtask fetch-liteN` puts the EfficientNet-LiteN checkpoint (N = 0, 1, 2),
+/// relative to the workspace root.
+pub const LITE_PATHS: [&str; 3] = [
+    "data/weights/efficientnet-lite0.pth",
+    "data/weights/efficientnet-lite1.pth",
+    "data/weights/efficientnet-lite2.pth",
+];
+
+/// The real EfficientNet-Lite0 checkpoint: [`lite_checkpoint`] of 0.
 pub fn lite0_checkpoint(manifest_dir: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("GEOLOC_LITE0")
+    lite_checkpoint(manifest_dir, 0)
+}
+
+/// The real EfficientNet-LiteN checkpoint (`$GEOLOC_LITEN`, else [`LITE_PATHS`]`[N]` under
+/// the workspace root), or `None` (after printing why and how to get it) when it is absent
+/// and not required. Panics when absent and `GEOLOC_REQUIRE_SHARED=1`, or when N > 2.
+pub fn lite_checkpoint(manifest_dir: &str, n: usize) -> Option<PathBuf> {
+    let var = format!("GEOLOC_LITE{n}");
+    let path = std::env::var_os(&var)
         .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root(Path::new(manifest_dir)).join(LITE0_PATH));
+        .unwrap_or_else(|| workspace_root(Path::new(manifest_dir)).join(LITE_PATHS[n]));
     if path.is_file() {
         return Some(path);
     }
     let msg = format!(
-        "EfficientNet-Lite0 checkpoint not found at {} (run `cargo xtask fetch-lite0`, or set \
-         GEOLOC_LITE0)",
+        "EfficientNet-Lite{n} checkpoint not found at {} (run `cargo xtask fetch-lite{n}`, or \
+         set {var})",
         path.display()
     );
     if std::env::var(REQUIRE_VAR).is_ok_and(|v| v == "1") {
@@ -80,6 +94,7 @@ pub fn lite0_checkpoint(manifest_dir: &str) -> Option<PathBuf> {
     eprintln!("SKIP: {msg}");
     None
 }
+
 /// An external program a test needs (`chromium` for the report check), found on `PATH`, or
 /// `None` (after printing why and how to get it) when it is absent and not required. Panics
 /// when absent and `GEOLOC_REQUIRE_SHARED=1`.

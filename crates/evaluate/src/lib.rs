@@ -395,6 +395,60 @@ fn sort_inputs(ins: &[Input]) -> Result<Sorted<'_>, Error> {
     })
 }
 
+/// Checks each `refine` entry against the inputs before anything is scored, from the cards
+/// alone: its model and index are among the inputs, the model is a geocell head, `cells` is
+/// at least 1, and head and index were built from the same features dataset.
+fn check_refine(cfg: &Config, s: &Sorted<'_>) -> Result<(), Error> {
+    for (rf, name) in cfg.refine.iter().zip(cfg.refine_names()?) {
+        let missing = |what: &str, n: &str, have: &[&Input]| {
+            let names: Vec<&str> = have.iter().map(|i| i.name.as_str()).collect();
+            let whats = if what == "index" { "indexes" } else { "models" };
+            Error::Config(format!(
+                "refine `{name}`: no {what} `{n}` among evaluate's inputs (its {whats}: {})",
+                if names.is_empty() {
+                    "none".to_owned()
+                } else {
+                    names.join(", ")
+                }
+            ))
+        };
+        let head_in = s
+            .models
+            .iter()
+            .find(|i| i.name == rf.model)
+            .ok_or_else(|| missing("model", &rf.model, &s.models))?;
+        let index_in = s
+            .indexes
+            .iter()
+            .find(|i| i.name == rf.index)
+            .ok_or_else(|| missing("index", &rf.index, &s.indexes))?;
+        let head = geoloc_models::card::ModelCard::load(&head_in.dir)?;
+        if head.task != Task::Geocell {
+            return Err(Error::Config(format!(
+                "refine `{name}`: `{}` is a {} head; refinement searches within geocells",
+                rf.model,
+                task_name(head.task)
+            )));
+        }
+        if rf.cells == 0 {
+            return Err(Error::Config(format!(
+                "refine `{name}`: cells must be at least 1"
+            )));
+        }
+        let index = Index::load_card(&index_in.dir).map_err(|e| Error::Data(e.to_string()))?;
+        let data = find_input(&rf.model, InputRef::of_model(&head), &s.data)?;
+        let index_data = find_input(&rf.index, InputRef::of_index(&index), &s.data)?;
+        if !std::ptr::eq(data, index_data) {
+            return Err(Error::Config(format!(
+                "refine `{name}`: the head reads `{}` and the index `{}`; they must be built \
+                 from the same features",
+                data.name, index_data.name
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The fingerprint: the config, the samples' columns read, each model's files, each data
 /// input's columns.
 pub fn fingerprint(cfg: &Config, _ctx: &Context, ins: &[Input]) -> Result<String, Error> {
@@ -987,6 +1041,7 @@ pub fn run(cfg: &Config, ctx: &Context, ins: &[Input]) -> Result<Summary, Error>
     let dir = &ctx.out_dir;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     geoloc_core::artifact::uncommit(dir)?;
+    check_refine(cfg, &s)?;
     let truth = read_truth(s.samples)?;
     if truth.ids.is_empty() {
         return Err(Error::Data(format!(
@@ -1118,41 +1173,17 @@ pub fn run(cfg: &Config, ctx: &Context, ins: &[Input]) -> Result<Summary, Error>
     }
     for (rf, name) in cfg.refine.iter().zip(cfg.refine_names()?) {
         let tm = Instant::now();
-        let missing = |what: &str, n: &str| {
-            Error::Config(format!(
-                "refine `{name}`: no {what} `{n}` among evaluate's inputs"
-            ))
-        };
+        // check_refine has found both and checked them.
         let head_in = s
             .models
             .iter()
             .find(|i| i.name == rf.model)
-            .ok_or_else(|| missing("model", &rf.model))?;
+            .ok_or_else(|| Error::Config(format!("refine `{name}`: no model `{}`", rf.model)))?;
         let head = Predictor::load(&head_in.dir, &device)?;
         let index = kept
             .get(rf.index.as_str())
-            .ok_or_else(|| missing("index", &rf.index))?;
-        if head.card.task != Task::Geocell {
-            return Err(Error::Config(format!(
-                "refine `{name}`: `{}` is a {} head; refinement searches within geocells",
-                rf.model,
-                task_name(head.card.task)
-            )));
-        }
-        if rf.cells == 0 {
-            return Err(Error::Config(format!(
-                "refine `{name}`: cells must be at least 1"
-            )));
-        }
+            .ok_or_else(|| Error::Config(format!("refine `{name}`: no index `{}`", rf.index)))?;
         let data = find_input(&rf.model, InputRef::of_model(&head.card), &s.data)?;
-        let index_data = find_input(&rf.index, InputRef::of_index(&index.card), &s.data)?;
-        if !std::ptr::eq(data, index_data) {
-            return Err(Error::Config(format!(
-                "refine `{name}`: the head reads `{}` and the index `{}`; they must be built \
-                 from the same features",
-                data.name, index_data.name
-            )));
-        }
         let lookup = geoloc_models::geocells::Partition::from_tokens(&head.card.classes)
             .map_err(|e| Error::Data(format!("refine `{name}`: {e}")))?;
         let cell_of_row = index.classes_of_rows(|lat, lon| lookup.locate(lat, lon));

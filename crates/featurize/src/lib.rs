@@ -1,7 +1,7 @@
 //! `geoloc-featurize`: the featurize stage. An images dataset (see
 //! `geoloc_core::schema::images`) or a samples dataset and its photos in, a features dataset
 //! out (`geoloc_core::schema::features`): one feature vector per (photo, view), from a CNN
-//! backbone of `geoloc_models` (VGG16, GoogLeNet, EfficientNet-Lite0) or HOG.
+//! backbone of `geoloc_models` (VGG16, GoogLeNet, EfficientNet-Lite0/1/2) or HOG.
 //!
 //! From photos (the input is a samples dataset, and the config gives preprocess's
 //! `geometry`, `views`, ... keys), each photo is read, decoded, oriented, resized and cut
@@ -54,7 +54,7 @@ pub const FORMAT_VERSION: u32 = 1;
 ///
 /// ```toml
 /// [stages.lite0.config]
-/// backbone = "lite0"                 # vgg16, googlenet, lite0, hog
+/// backbone = "lite0"                 # vgg16, googlenet, lite0, lite1, lite2, hog
 /// layer = "pool"                     # logits (default), fc7 / pool5 (vgg16), pool
 /// weights = "data/weights/efficientnet-lite0.pth"
 /// ```
@@ -324,12 +324,22 @@ fn weights_source(cfg: &Config, ctx: &Context) -> Result<Option<WeightsSource>, 
             key: cfg.weights_key.clone(),
         })),
         (_, None, true) => Ok(Some(WeightsSource::Random { seed: cfg.seed })),
-        (kind, None, false) => Err(Error::Config(format!(
-            "{} needs `weights = \"FILE\"` (for EfficientNet-Lite0: `cargo xtask fetch-lite0` \
-             puts it at {}), or `random_init = true` to run on random weights on purpose",
-            kind.name(),
-            geoloc_core::fixtures::LITE0_PATH
-        ))),
+        (kind, None, false) => {
+            let hint = match kind.lite() {
+                Some(v) => format!(
+                    " (for {}: `cargo xtask fetch-{}` puts it at {})",
+                    kind.name(),
+                    kind.name(),
+                    geoloc_core::fixtures::LITE_PATHS[v.index()]
+                ),
+                None => String::new(),
+            };
+            Err(Error::Config(format!(
+                "{} needs `weights = \"FILE\"`{hint}, or `random_init = true` to run on random \
+                 weights on purpose",
+                kind.name(),
+            )))
+        }
     }
 }
 
@@ -343,11 +353,11 @@ fn weights_identity(src: Option<&WeightsSource>) -> Result<String, Error> {
                 return Err(Error::Config(format!(
                     "weights file {} not found{}",
                     path.display(),
-                    if path.ends_with(geoloc_core::fixtures::LITE0_PATH) {
-                        " (run `cargo xtask fetch-lite0`)"
-                    } else {
-                        ""
-                    }
+                    geoloc_core::fixtures::LITE_PATHS
+                        .iter()
+                        .position(|p| path.ends_with(p))
+                        .map(|n| format!(" (run `cargo xtask fetch-lite{n}`)"))
+                        .unwrap_or_default()
                 )));
             }
             backbone::weights_checksum(path).map_err(|e| Error::Weights {
@@ -923,5 +933,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("/project/data/w.pth not found"), "{e}");
+        // Each Lite variant names its own fetch, for a missing `weights` and a missing file.
+        let c: Config = toml::from_str("backbone = 'lite2'").unwrap();
+        let e = weights_source(&c, &ctx).unwrap_err().to_string();
+        assert!(
+            e.contains("cargo xtask fetch-lite2") && e.contains("efficientnet-lite2.pth"),
+            "{e}"
+        );
+        let c: Config =
+            toml::from_str("backbone = 'lite1'\nweights = 'data/weights/efficientnet-lite1.pth'")
+                .unwrap();
+        let e = weights_identity(weights_source(&c, &ctx).unwrap().as_ref())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("(run `cargo xtask fetch-lite1`)"), "{e}");
     }
 }

@@ -1,12 +1,15 @@
 //! Forward throughput of the backbones on random weights and inputs (the cost does not depend
 //! on the values): `RAYON_NUM_THREADS=T cargo run --release -p geoloc-models --example
-//! throughput -- vgg16|googlenet|lite0 BATCH REPS`. Prints images/s (median of REPS after a warm-up);
-//! compare with the peers' `featurize_torch.py random T --models ... --batches BATCH`.
+//! throughput -- vgg16|googlenet|lite0|lite1|lite2 BATCH REPS`. Prints images/s (median of REPS
+//! after a warm-up); compare with the peers' `featurize_torch.py random T --models ... --batches
+//! BATCH` (and `xtask/peers/lite_torch.py` for Lite1 and Lite2). The EfficientNet-Lite
+//! variants run their real checkpoints (`cargo xtask fetch-liteN`) at their own input sizes
+//! (224, 240, 260); VGG16 and GoogLeNet run at 224.
 use candle_core::{DType, Device, Tensor};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use geoloc_models::efficientnet::{EfficientNetLite, LiteConfig, LiteLayer};
+use geoloc_models::efficientnet::{EfficientNetLite, LiteConfig, LiteLayer, LiteVariant};
 use geoloc_models::googlenet::{GoogLeNet, GoogLeNetConfig, GoogLeNetLayer};
 use geoloc_models::vgg::{Vgg, VggConfig, VggLayer};
 use geoloc_models::weights::WeightMap;
@@ -56,7 +59,14 @@ fn main() {
     let model = a.next().unwrap_or_else(|| "googlenet".into());
     let batch: usize = a.next().and_then(|v| v.parse().ok()).unwrap_or(8);
     let reps: usize = a.next().and_then(|v| v.parse().ok()).unwrap_or(3);
-    let x = random(&[batch, 3, 224, 224], 99);
+    let lite = match model.as_str() {
+        "lite0" => Some(LiteVariant::Lite0),
+        "lite1" => Some(LiteVariant::Lite1),
+        "lite2" => Some(LiteVariant::Lite2),
+        _ => None,
+    };
+    let size = lite.map_or(224, |v| v.native_size() as usize);
+    let x = random(&[batch, 3, size, size], 99);
     let run: Box<dyn Fn() -> Tensor> = match model.as_str() {
         "vgg16" => {
             let m = Vgg::load(
@@ -66,15 +76,18 @@ fn main() {
             .expect("vgg16");
             Box::new(move || m.forward(&x, VggLayer::Logits).expect("forward"))
         }
-        "lite0" => {
-            // The real checkpoint (cargo xtask fetch-lite0): the peer runs it too.
+        "lite0" | "lite1" | "lite2" => {
+            // The real checkpoint (cargo xtask fetch-liteN): the peer runs it too.
+            let v = lite.expect("a Lite name");
             let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("../..")
-                .join("data/weights/efficientnet-lite0.pth");
-            let ck = geoloc_models::checkpoint::load(&path, None).expect("lite0 checkpoint");
-            let m =
-                EfficientNetLite::load(WeightMap::new(ck.tensors, DType::F32), LiteConfig::lite0())
-                    .expect("lite0");
+                .join(format!("data/weights/efficientnet-{model}.pth"));
+            let ck = geoloc_models::checkpoint::load(&path, None).expect("the checkpoint");
+            let m = EfficientNetLite::load(
+                WeightMap::new(ck.tensors, DType::F32),
+                LiteConfig::variant(v),
+            )
+            .expect("the checkpoint's network");
             Box::new(move || m.forward(&x, LiteLayer::Logits).expect("forward"))
         }
         _ => {
@@ -97,7 +110,7 @@ fn main() {
     times.sort_by(f64::total_cmp);
     let s = times[times.len() / 2];
     println!(
-        "{model} batch={batch} seconds={s:.3} images_per_s={:.2}",
+        "{model} batch={batch} size={size} seconds={s:.3} images_per_s={:.2}",
         batch as f64 / s
     );
 }

@@ -1,11 +1,11 @@
 //! One face for every feature extractor: the CNN backbones (VGG16, GoogLeNet,
-//! EfficientNet-Lite0) and HOG. featurize and predict build a [`Backbone`] from a
+//! EfficientNet-Lite0/1/2) and HOG. featurize and predict build a [`Backbone`] from a
 //! [`BackboneSpec`] and a weights source, and turn batches of 8-bit RGB images (HWC, as the
 //! images dataset stores them) into feature rows; the backbone owns the normalisation its
 //! weights expect.
 
 use crate::checkpoint;
-use crate::efficientnet::{EfficientNetLite, LiteConfig, LiteLayer};
+use crate::efficientnet::{EfficientNetLite, LiteConfig, LiteLayer, LiteVariant};
 use crate::googlenet::{GoogLeNet, GoogLeNetConfig, GoogLeNetLayer};
 use crate::vgg::{Vgg, VggConfig, VggLayer};
 use crate::weights::{WeightMap, WeightsError};
@@ -22,8 +22,12 @@ pub enum BackboneKind {
     Vgg16,
     /// torchvision's GoogLeNet (the paper's).
     Googlenet,
-    /// EfficientNet-Lite0 (`efficientnet_lite_pytorch`; the demo's, real weights).
+    /// EfficientNet-Lite0 (`efficientnet_lite_pytorch`; the demo's, real weights; 224 pixels).
     Lite0,
+    /// EfficientNet-Lite1 (real weights; trained at 240 pixels).
+    Lite1,
+    /// EfficientNet-Lite2 (real weights; trained at 260 pixels).
+    Lite2,
     /// Histogram of oriented gradients (the paper's baseline features).
     Hog,
 }
@@ -34,7 +38,19 @@ impl BackboneKind {
             BackboneKind::Vgg16 => "vgg16",
             BackboneKind::Googlenet => "googlenet",
             BackboneKind::Lite0 => "lite0",
+            BackboneKind::Lite1 => "lite1",
+            BackboneKind::Lite2 => "lite2",
             BackboneKind::Hog => "hog",
+        }
+    }
+
+    /// The EfficientNet-Lite variant, for the Lite kinds.
+    pub fn lite(self) -> Option<LiteVariant> {
+        match self {
+            BackboneKind::Lite0 => Some(LiteVariant::Lite0),
+            BackboneKind::Lite1 => Some(LiteVariant::Lite1),
+            BackboneKind::Lite2 => Some(LiteVariant::Lite2),
+            _ => None,
         }
     }
 }
@@ -50,7 +66,7 @@ pub enum Layer {
     Fc7,
     /// VGG16's adaptive-pooled convolutional output, flattened (25088).
     Pool5,
-    /// GoogLeNet's (1024) or Lite0's (1280) global average pool.
+    /// GoogLeNet's (1024) or EfficientNet-Lite's (1280) global average pool.
     Pool,
 }
 
@@ -143,7 +159,9 @@ impl BackboneSpec {
     pub fn default_normalisation(kind: BackboneKind) -> Option<Normalisation> {
         match kind {
             BackboneKind::Vgg16 | BackboneKind::Googlenet => Some(Normalisation::Imagenet),
-            BackboneKind::Lite0 => Some(Normalisation::TfLite),
+            BackboneKind::Lite0 | BackboneKind::Lite1 | BackboneKind::Lite2 => {
+                Some(Normalisation::TfLite)
+            }
             BackboneKind::Hog => None,
         }
     }
@@ -183,10 +201,10 @@ impl BackboneSpec {
                     (BackboneKind::Vgg16, Layer::Pool5) => Ok(25088),
                     (BackboneKind::Googlenet, Layer::Logits) => Ok(1000),
                     (BackboneKind::Googlenet, Layer::Pool) => Ok(1024),
-                    (BackboneKind::Lite0, Layer::Logits) => Ok(1000),
-                    (BackboneKind::Lite0, Layer::Pool) => Ok(1280),
+                    (k, Layer::Logits) if k.lite().is_some() => Ok(1000),
+                    (k, Layer::Pool) if k.lite().is_some() => Ok(1280),
                     (k, l) => bad(format!(
-                        "{} has no layer {l:?} (vgg16: logits, fc7, pool5; googlenet and lite0: logits, pool)",
+                        "{} has no layer {l:?} (vgg16: logits, fc7, pool5; googlenet and lite0/1/2: logits, pool)",
                         k.name()
                     )),
                 }
@@ -352,8 +370,16 @@ impl Backbone {
                             GoogLeNetLayer::Logits
                         },
                     ),
-                    (_, l) => Net::Lite(
-                        Box::new(EfficientNetLite::load(map, LiteConfig::lite0()).map_err(wrap)?),
+                    (k, l) => Net::Lite(
+                        Box::new(
+                            EfficientNetLite::load(
+                                map,
+                                LiteConfig::variant(k.lite().ok_or_else(|| {
+                                    ModelError::Spec(format!("{} is not a CNN", k.name()))
+                                })?),
+                            )
+                            .map_err(wrap)?,
+                        ),
                         if l == Layer::Pool {
                             LiteLayer::Pool
                         } else {

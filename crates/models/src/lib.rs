@@ -2,9 +2,9 @@
 //! evaluate and predict.
 //!
 //! So far: [`checkpoint`], which reads weight files (PyTorch's legacy `.pth` format, which
-//! candle lacks and torchvision's VGG16/GoogLeNet files and the EfficientNet-Lite0 checkpoint
-//! use; PyTorch's zip format; safetensors) into named tensors without running any code the
-//! file names.
+//! candle lacks and torchvision's VGG16/GoogLeNet files and the EfficientNet-Lite
+//! checkpoints use; PyTorch's zip format; safetensors) into named tensors without running any
+//! code the file names.
 //!
 //! Architecture invariant: no datasets, no stage: tensors in, tensors out.
 
