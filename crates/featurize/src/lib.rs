@@ -274,6 +274,9 @@ pub struct Summary {
     pub backbone_s: f64,
     pub write_s: f64,
     pub wait_s: f64,
+    /// The compute path the backbone ran on: `cpu f32 avx2+fma` (the `gemm` kernels this
+    /// CPU's features select), `cuda:0 bf16`, or `hog` (see `geoloc_models::cpu`).
+    pub kernels: String,
 }
 
 impl Summary {
@@ -304,6 +307,9 @@ impl Summary {
                 "; time: backbone {:.1} s, write {:.1} s",
                 self.backbone_s, self.write_s
             ));
+        }
+        if !self.kernels.is_empty() {
+            line.push_str(&format!("; kernels: {}", self.kernels));
         }
         line
     }
@@ -422,6 +428,24 @@ fn default_batch(on_cpu: bool) -> usize {
     }
 }
 
+/// The compute path `cfg` runs on (for the summary line), or why it cannot: a
+/// reduced-precision dtype on the CPU is refused with what the CPU has, never run slowly
+/// through generic operations without saying so (`geoloc_models::cpu`).
+fn kernels(cfg: &Config) -> Result<String, Error> {
+    if cfg.backbone == BackboneKind::Hog {
+        return Ok("hog".into());
+    }
+    // `parse_device` takes only "cpu" for the CPU.
+    if cfg.device != "cpu" {
+        return Ok(format!("{} {}", cfg.device, cfg.dtype));
+    }
+    let cpu = geoloc_models::cpu::CpuFeatures::detect();
+    match cpu.bf16_refusal(&cfg.dtype) {
+        Some(why) => Err(Error::Config(why)),
+        None => Ok(format!("cpu f32 {}", cpu.f32_path())),
+    }
+}
+
 /// Runs featurize for `ctx.shard`: writes that shard's parts and marker, keeping the parts
 /// a killed earlier run of the same fingerprint closed.
 pub fn run(cfg: &Config, ctx: &Context, input: &Input) -> Result<Summary, Error> {
@@ -433,6 +457,7 @@ pub fn run(cfg: &Config, ctx: &Context, input: &Input) -> Result<Summary, Error>
     let key = fingerprint_with(cfg, ctx, input, &identity)?;
     let device = backbone::parse_device(&cfg.device)?;
     let dtype = backbone::parse_dtype(&cfg.dtype)?;
+    let kernels = kernels(cfg)?;
     let net = Backbone::load(cfg.spec(), weights.as_ref(), &device, dtype)?;
     let wopts = WriterOptions {
         format: dataset::PartFormat::Parquet,
@@ -474,6 +499,7 @@ pub fn run(cfg: &Config, ctx: &Context, input: &Input) -> Result<Summary, Error>
         bar: indicatif::ProgressBar::hidden(),
         summary: Summary {
             dim,
+            kernels,
             ..Default::default()
         },
     };
@@ -902,6 +928,31 @@ mod tests {
         assert_ne!(c.semantic(), other.semantic());
         assert!(toml::from_str::<Config>("backbone = 'resnet'").is_err());
         assert!(toml::from_str::<Config>("backbone = 'hog'\nwieghts = 'x'").is_err());
+    }
+
+    /// bf16 and f16 on the CPU are refused before anything loads, naming this CPU's
+    /// features; f32 names the `gemm` path it runs; HOG and CUDA pass through.
+    #[test]
+    fn reduced_precision_on_the_cpu_is_refused_and_kernels_are_named() {
+        let cpu = geoloc_models::cpu::CpuFeatures::detect();
+        let c: Config = toml::from_str("backbone = 'lite0'\ndtype = 'bf16'").unwrap();
+        let e = kernels(&c).unwrap_err().to_string();
+        assert!(
+            e.contains("dtype bf16 on the CPU") && e.contains(&cpu.line()),
+            "{e}"
+        );
+        let c: Config = toml::from_str("backbone = 'lite0'\ndtype = 'f16'").unwrap();
+        assert!(kernels(&c)
+            .unwrap_err()
+            .to_string()
+            .contains("dtype f16 on the CPU"));
+        let c: Config = toml::from_str("backbone = 'vgg16'").unwrap();
+        assert_eq!(kernels(&c).unwrap(), format!("cpu f32 {}", cpu.f32_path()));
+        let c: Config =
+            toml::from_str("backbone = 'vgg16'\ndtype = 'bf16'\ndevice = 'cuda:1'").unwrap();
+        assert_eq!(kernels(&c).unwrap(), "cuda:1 bf16");
+        let c: Config = toml::from_str("backbone = 'hog'").unwrap();
+        assert_eq!(kernels(&c).unwrap(), "hog");
     }
 
     #[test]

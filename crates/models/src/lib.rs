@@ -13,6 +13,7 @@ pub mod card;
 pub mod checkpoint;
 pub mod cnn_trainer;
 pub mod conv;
+pub mod cpu;
 pub mod efficientnet;
 pub mod geocells;
 pub mod googlenet;
