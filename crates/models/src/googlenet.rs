@@ -335,23 +335,40 @@ impl candle_core::CustomOp1 for MaxPoolCeil {
             lo..hi
         };
         let cols: Vec<std::ops::Range<usize>> = (0..ow).map(|o| span(o, w)).collect();
+        // Separable: per output row, the maximum down the window's input rows (whole rows
+        // at a time, which vectorises), then across each output column's window of that.
+        // `if v > m` rather than `f32::max`: the same result here (NaN is skipped either way,
+        // every window starts from -inf), without the NaN handling that keeps `max` scalar.
+        #[inline(always)]
+        fn greater(m: f32, v: f32) -> f32 {
+            if v > m {
+                v
+            } else {
+                m
+            }
+        }
         let mut y = vec![0f32; b * c * oh * ow];
         y.par_chunks_mut(oh * ow)
             .zip(x.par_chunks(h * w))
-            .for_each(|(out, plane)| {
-                for oy in 0..oh {
-                    let rows = span(oy, h);
-                    for (ox, cr) in cols.iter().enumerate() {
-                        let mut m = f32::NEG_INFINITY;
-                        for iy in rows.clone() {
-                            for v in &plane[iy * w + cr.start..iy * w + cr.end] {
-                                m = m.max(*v);
+            .for_each_init(
+                || vec![f32::NEG_INFINITY; w],
+                |down, (out, plane)| {
+                    for oy in 0..oh {
+                        down.fill(f32::NEG_INFINITY);
+                        for iy in span(oy, h) {
+                            for (d, v) in down.iter_mut().zip(&plane[iy * w..(iy + 1) * w]) {
+                                *d = greater(*d, *v);
                             }
                         }
-                        out[oy * ow + ox] = m;
+                        let row = &mut out[oy * ow..(oy + 1) * ow];
+                        for (o, cr) in row.iter_mut().zip(&cols) {
+                            *o = down[cr.clone()]
+                                .iter()
+                                .fold(f32::NEG_INFINITY, |m, v| greater(m, *v));
+                        }
                     }
-                }
-            });
+                },
+            );
         Ok((
             candle_core::CpuStorage::F32(y),
             candle_core::Shape::from((b, c, oh, ow)),
