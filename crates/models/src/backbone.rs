@@ -370,22 +370,20 @@ impl Backbone {
                             GoogLeNetLayer::Logits
                         },
                     ),
-                    (k, l) => Net::Lite(
-                        Box::new(
-                            EfficientNetLite::load(
-                                map,
-                                LiteConfig::variant(k.lite().ok_or_else(|| {
-                                    ModelError::Spec(format!("{} is not a CNN", k.name()))
-                                })?),
-                            )
-                            .map_err(wrap)?,
-                        ),
-                        if l == Layer::Pool {
-                            LiteLayer::Pool
-                        } else {
-                            LiteLayer::Logits
-                        },
-                    ),
+                    (k, l) => {
+                        let v = k.lite().ok_or_else(|| {
+                            ModelError::Spec(format!("{} is not a CNN", k.name()))
+                        })?;
+                        let net = EfficientNetLite::load(map, LiteConfig::variant(v));
+                        Net::Lite(
+                            Box::new(net.map_err(wrap)?),
+                            if l == Layer::Pool {
+                                LiteLayer::Pool
+                            } else {
+                                LiteLayer::Logits
+                            },
+                        )
+                    }
                 }
             }
         };

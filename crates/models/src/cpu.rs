@@ -16,7 +16,7 @@
 //! XFEATURE_XTILEDATA)`) before its first tile instruction.
 
 /// The instruction-set extensions the kernels care about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct CpuFeatures {
     pub avx2_fma: bool,
     pub avx512f: bool,
