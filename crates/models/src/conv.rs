@@ -6,12 +6,28 @@
 //! convolution per group plus a concatenation: here im2col is done per image on rayon's
 //! pool, each image's product is one `gemm` call (the crate candle's matmul uses, with its
 //! AVX-512 kernels enabled), 1x1 stride-1 convolutions skip im2col, the bias is the product's
-//! initial value and the activation is applied in place; depthwise convolutions are a direct
-//! loop over each channel's plane. On other devices or dtypes it runs candle's operations
+//! initial value and the activation is applied in place; wide 3x3 stride-1 convolutions run
+//! as Winograd F(2x2, 3x3) (`winograd.rs`, where [`winograd_pays`]); depthwise convolutions
+//! are a direct loop over each channel's plane. On other devices or dtypes it runs candle's operations
 //! (pad, `conv2d`, add, activation), which give the same values.
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Tensor};
 use rayon::prelude::*;
+
+use crate::winograd::Winograd;
+
+/// When a dense 3x3 stride-1 f32 convolution runs as Winograd F(2x2, 3x3) on the CPU rather
+/// than as im2col + gemm: from 64 input channels, on planes of 28x28 and up, or on any plane
+/// from 256 input channels. Below 64 channels the 16 products are too thin (their depth is
+/// the input channels) for the 2.25x fewer multiplications to pay for the transforms; on
+/// small planes the transforms run on short rows. Measured per layer shape with
+/// `examples/conv_paths.rs` (2 threads, AVX2): VGG16's layers 1.2-1.7x faster, GoogLeNet's
+/// 56x56 layer 1.2-1.4x, its 28x28 layers 1.0-1.1x; its 14x14 and 7x7 layers (96-192
+/// channels) 0.7-1.2x and its thin branches (16-48 channels) 0.5-1.0x, which therefore keep
+/// im2col.
+pub fn winograd_pays(cin: usize, oh: usize, ow: usize) -> bool {
+    cin >= 64 && (oh * ow >= 28 * 28 || cin >= 256)
+}
 
 /// The activation applied after the bias.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,7 +40,7 @@ pub enum Activation {
 
 impl Activation {
     #[inline]
-    fn apply(self, v: f32) -> f32 {
+    pub(crate) fn apply(self, v: f32) -> f32 {
         match self {
             Activation::None => v,
             Activation::Relu => v.max(0.0),
@@ -92,6 +108,9 @@ pub struct Conv {
     bias: Option<Tensor>,
     /// The weight as `[out, in * k * k]` row-major f32, and the bias: the CPU kernels' copy.
     packed: Option<(Vec<f32>, Vec<f32>)>,
+    /// The weight transformed for Winograd's F(2x2, 3x3), where the CPU kernels may use it,
+    /// and whether they always do (else where [`winograd_pays`]).
+    winograd: Option<(Winograd, bool)>,
     k: usize,
     stride: usize,
     pad: PadMode,
@@ -126,16 +145,54 @@ impl Conv {
         } else {
             None
         };
+        let winograd = match &packed {
+            Some((w, _)) if kh == 3 && stride == 1 && !depthwise && cin >= 64 => {
+                Some((Winograd::new(w, cout, cin), false))
+            }
+            _ => None,
+        };
         Ok(Conv {
             weight,
             bias,
             packed,
+            winograd,
             k: kh,
             stride,
             pad,
             depthwise,
             act,
         })
+    }
+
+    /// Whether the CPU kernels run this convolution, on an `h x w` input, as Winograd
+    /// F(2x2, 3x3) (see [`winograd_pays`] and [`Conv::with_winograd`]).
+    pub fn is_winograd(&self, h: usize, w: usize) -> bool {
+        self.winograd_for(h, w).is_some()
+    }
+
+    fn winograd_for(&self, h: usize, w: usize) -> Option<&Winograd> {
+        let (wg, always) = self.winograd.as_ref()?;
+        // Stride 1: the output is the padded input less the kernel's 2.
+        let p = self.padding(h, w);
+        let (oh, ow) = (
+            (h + p.top + p.bottom).saturating_sub(2),
+            (w + p.left + p.right).saturating_sub(2),
+        );
+        (*always || winograd_pays(wg.cin(), oh, ow)).then_some(wg)
+    }
+
+    /// Runs this convolution as Winograd F(2x2, 3x3) always (`true`) or never (`false`)
+    /// instead of where [`winograd_pays`]: tests and benchmarks compare the two paths.
+    /// Always applies only where Winograd can: a dense 3x3 stride-1 convolution with f32
+    /// weights on the CPU.
+    pub fn with_winograd(mut self, always: bool) -> Self {
+        self.winograd = match &self.packed {
+            Some((w, b)) if always && self.k == 3 && self.stride == 1 && !self.depthwise => {
+                Some((Winograd::new(w, b.len(), w.len() / b.len() / 9), true))
+            }
+            _ => None,
+        };
+        self
     }
 
     fn padding(&self, h: usize, w: usize) -> Padding {
@@ -170,6 +227,7 @@ impl Module for Conv {
                 let cout = self.weight.dim(0)?;
                 x.apply_op1_no_bwd(&CpuConv {
                     weight: w,
+                    winograd: self.winograd_for(h, wd),
                     bias: b,
                     cout,
                     k: self.k,
@@ -194,6 +252,7 @@ thread_local! {
 
 struct CpuConv<'a> {
     weight: &'a [f32],
+    winograd: Option<&'a Winograd>,
     bias: &'a [f32],
     cout: usize,
     k: usize,
@@ -445,7 +504,17 @@ impl CustomOp1 for CpuConv<'_> {
                 );
             }
             let threads = rayon::current_num_threads();
-            if b >= threads {
+            if let Some(wg) = self.winograd {
+                wg.forward(
+                    x,
+                    (b, h, w),
+                    self.pad,
+                    self.bias,
+                    self.act,
+                    &mut y,
+                    (oh, ow),
+                );
+            } else if b >= threads {
                 // Images in parallel, one single-threaded product each.
                 y.par_chunks_mut(plane_out)
                     .zip(x.par_chunks(plane_in))
@@ -571,20 +640,152 @@ mod tests {
             let bias = Tensor::from_vec(seq(cout, 2), cout, &dev)?;
             let x = Tensor::from_vec(seq(b * cin * h * w, 3), (b, cin, h, w), &dev)?;
             let conv = Conv::new(weight, Some(bias), s, pad, dw, act)?;
-            let fast = conv.forward(&x)?;
             let slow = conv.forward_candle(&x)?;
-            assert_eq!(
-                fast.dims(),
-                slow.dims(),
-                "case {b} {cin} {cout} {h} {w} {k} {s}"
-            );
-            let err = (fast - slow)?
-                .abs()?
-                .flatten_all()?
-                .max(0)?
-                .to_scalar::<f32>()?;
-            assert!(err < 1e-5, "case k{k} s{s} dw{dw}: max error {err}");
+            // Each case on the kernels' own choice, forced to im2col, and (3x3 stride 1
+            // dense) forced to Winograd.
+            let winograd = k == 3 && s == 1 && !dw;
+            for (always, path) in [
+                (None, "auto"),
+                (Some(false), "im2col"),
+                (Some(true), "winograd"),
+            ] {
+                let conv = match always {
+                    Some(a) => conv.clone().with_winograd(a),
+                    None => conv.clone(),
+                };
+                assert_eq!(conv.is_winograd(h, w), winograd && always == Some(true));
+                let fast = conv.forward(&x)?;
+                assert_eq!(
+                    fast.dims(),
+                    slow.dims(),
+                    "case {b} {cin} {cout} {h} {w} {k} {s}"
+                );
+                let err = max_error(&fast, &slow)?;
+                assert!(err < 1e-5, "case k{k} s{s} dw{dw} {path}: max error {err}");
+            }
         }
+        Ok(())
+    }
+
+    fn max_error(a: &Tensor, b: &Tensor) -> Result<f32> {
+        (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
+    }
+
+    /// Winograd F(2x2, 3x3) against candle's convolution where its tiling has edges: odd
+    /// planes (the last tile row and column half outside), planes smaller than a tile,
+    /// TensorFlow and asymmetric padding, more bands than images and the reverse, each
+    /// activation; error relative to the output's largest value.
+    #[test]
+    fn winograd_matches_candle_at_the_edges_of_its_tiles() -> Result<()> {
+        let dev = Device::Cpu;
+        let asym = Padding {
+            top: 0,
+            bottom: 2,
+            left: 2,
+            right: 0,
+        };
+        let cases = [
+            // (batch, cin, cout, h, w, pad, act)
+            (
+                2,
+                64,
+                40,
+                7,
+                7,
+                PadMode::Fixed(Padding::same_all(1)),
+                Activation::Relu,
+            ),
+            (3, 80, 72, 14, 13, PadMode::TfSame, Activation::None),
+            (
+                1,
+                64,
+                64,
+                1,
+                1,
+                PadMode::Fixed(Padding::same_all(1)),
+                Activation::None,
+            ),
+            (
+                1,
+                96,
+                33,
+                2,
+                5,
+                PadMode::Fixed(Padding::same_all(1)),
+                Activation::Relu6,
+            ),
+            (5, 64, 16, 9, 6, PadMode::Fixed(asym), Activation::None),
+            (
+                1,
+                64,
+                64,
+                30,
+                31,
+                PadMode::Fixed(Padding::same_all(0)),
+                Activation::Relu,
+            ),
+            (
+                4,
+                256,
+                48,
+                3,
+                3,
+                PadMode::Fixed(Padding::same_all(1)),
+                Activation::Relu,
+            ),
+        ];
+        for (b, cin, cout, h, w, pad, act) in cases {
+            let weight = Tensor::from_vec(seq(cout * cin * 9, 4), (cout, cin, 3, 3), &dev)?;
+            let bias = Tensor::from_vec(seq(cout, 5), cout, &dev)?;
+            let x = Tensor::from_vec(seq(b * cin * h * w, 6), (b, cin, h, w), &dev)?;
+            let conv = Conv::new(weight, Some(bias), 1, pad, false, act)?.with_winograd(true);
+            assert!(conv.is_winograd(h, w));
+            let (fast, slow) = (conv.forward(&x)?, conv.forward_candle(&x)?);
+            assert_eq!(fast.dims(), slow.dims(), "case {b} {cin} {cout} {h}x{w}");
+            let scale = slow.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+            let err = max_error(&fast, &slow)? / scale;
+            assert!(
+                err < 1e-5,
+                "case {b} {cin} {cout} {h}x{w} {pad:?}: error {err}"
+            );
+        }
+        Ok(())
+    }
+
+    /// The kernels' own choice follows `winograd_pays`: VGG16's and GoogLeNet's wide layers
+    /// take Winograd, thin ones and small planes of few channels keep im2col, and other
+    /// kernel sizes, strides and depthwise convolutions never take it.
+    #[test]
+    fn winograd_is_chosen_where_it_pays() -> Result<()> {
+        let dev = Device::Cpu;
+        let conv = |cin: usize, k: usize, s: usize, dw: bool| {
+            let shape = if dw { (cin, 1, k, k) } else { (64, cin, k, k) };
+            let n = shape.0 * shape.1 * k * k;
+            let weight = Tensor::from_vec(seq(n, 7), shape, &dev)?;
+            Conv::new(
+                weight,
+                None,
+                s,
+                PadMode::Fixed(Padding::same_all(k / 2)),
+                dw,
+                Activation::None,
+            )
+        };
+        assert!(conv(64, 3, 1, false)?.is_winograd(224, 224));
+        assert!(conv(64, 3, 1, false)?.is_winograd(28, 28));
+        assert!(!conv(64, 3, 1, false)?.is_winograd(14, 14));
+        assert!(conv(512, 3, 1, false)?.is_winograd(14, 14));
+        assert!(!conv(48, 3, 1, false)?.is_winograd(56, 56));
+        assert!(!conv(64, 3, 2, false)?.is_winograd(56, 56));
+        assert!(!conv(64, 5, 1, false)?.is_winograd(56, 56));
+        assert!(!conv(64, 3, 1, true)?.is_winograd(56, 56));
+        assert!(!conv(512, 3, 1, false)?
+            .with_winograd(false)
+            .is_winograd(56, 56));
+        assert!(conv(16, 3, 1, false)?.with_winograd(true).is_winograd(7, 7));
+        assert!(!conv(64, 1, 1, false)?
+            .with_winograd(true)
+            .is_winograd(56, 56));
         Ok(())
     }
 

@@ -25,6 +25,7 @@ pub mod retrieval;
 pub mod trainer;
 pub mod vgg;
 pub mod weights;
+mod winograd;
 
 /// A candle error's message without the backtrace candle attaches when `RUST_BACKTRACE` is
 /// set (resolving it reads the binary's debug information: tens of MB, for an error line).
