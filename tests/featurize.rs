@@ -109,6 +109,18 @@ fn demo_featurize_lite0_and_hog_with_shards() {
     assert_eq!(hog.manifest.info.metadata["dim"], 24 * 14 * 36);
     assert_eq!(hog.manifest.rows, ds.manifest.rows);
 
+    // Every part records the kernels that computed it: this CPU's f32 gemm path, or HOG.
+    let cpu = format!(
+        "cpu f32 {}",
+        geoloc_models::cpu::CpuFeatures::detect().f32_path()
+    );
+    for (m, want) in [(&ds.manifest, cpu.as_str()), (&hog.manifest, "hog")] {
+        assert!(!m.parts.is_empty());
+        for part in &m.parts {
+            assert_eq!(part.compute.as_deref(), Some(want), "{}", part.file);
+        }
+    }
+
     // Two shards, then finalize: the same rows and bit-identical values.
     let runs = root.join("sharded");
     support::copy_dir(&root.join("runs/demo/ingest"), &runs.join("ingest"));

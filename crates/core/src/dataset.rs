@@ -83,6 +83,11 @@ pub struct WriterOptions {
     pub row_group_bytes: usize,
     /// Zstd level for Parquet parts.
     pub zstd_level: i32,
+    /// How the stage computes its rows, where that can differ between runs of the same
+    /// fingerprint (featurize: `cpu f32 avx2+fma`, `cuda:0 bf16`): recorded in each part's
+    /// sidecar, so the manifest says which path made which part even when shards ran on
+    /// different machines. Never compared, never part of the fingerprint.
+    pub compute: Option<String>,
 }
 
 impl Default for WriterOptions {
@@ -93,6 +98,7 @@ impl Default for WriterOptions {
             row_group_rows: 256 * 1024,
             row_group_bytes: 16 << 20,
             zstd_level: 3,
+            compute: None,
         }
     }
 }
@@ -145,6 +151,9 @@ pub struct PartSidecar {
     /// photos: a photo gives several views or a reject).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cursor: Option<serde_json::Value>,
+    /// How the part's rows were computed ([`WriterOptions::compute`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compute: Option<String>,
 }
 
 /// The marker a shard writes once all of its parts are in place.
@@ -721,6 +730,7 @@ impl DatasetWriter {
             seconds: part.started.elapsed().as_secs_f64(),
             resume_key: self.resume_key.clone(),
             cursor: self.cursor.clone(),
+            compute: self.opts.compute.clone(),
         };
         write_json_atomic(&self.dir, &format!("part-{st}.json"), &sidecar)?;
         self.done.push(sidecar);

@@ -462,6 +462,7 @@ pub fn run(cfg: &Config, ctx: &Context, input: &Input) -> Result<Summary, Error>
     let wopts = WriterOptions {
         format: dataset::PartFormat::Parquet,
         part_cap_bytes: cfg.part_cap_mb.unwrap_or(256) << 20,
+        compute: Some(kernels.clone()),
         ..Default::default()
     };
     let out_schema = schema::features(dim);
