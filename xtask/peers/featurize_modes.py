@@ -12,6 +12,8 @@ size (224; Lite1 240, Lite2 260), random input, logits, under torch.inference_mo
 
 Prints one line per measurement (median of REPS timed passes after one warm-up):
   PEER model=... mode=... threads=... batch=... size=... images_per_s=...
+and per model its FLOP per image (torch.utils.flop_counter, 2 per multiply-add):
+  FLOPS model=... size=... gflop_per_image=...
 
 usage: python3 featurize_modes.py THREADS [--batch 16] [--reps 3]
            [--models vgg16,googlenet,lite0,lite1,lite2] [--modes f32,f32-cl,bf16-cl]
@@ -55,9 +57,18 @@ def build(name):
     raise SystemExit(f"unknown model {name}")
 
 
+def gflop(model, size):
+    """FLOP per image (2 per multiply-add of the convolutions and linear layers)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        model(torch.zeros(1, 3, size, size))
+    return counter.get_total_flops() / 1e9
+
+
 for name in args.models.split(","):
     model = build(name).eval()
     size = SIZE.get(name, 224)
+    print(f"FLOPS model={name} size={size} gflop_per_image={gflop(model, size):.3f}", flush=True)
     g = torch.Generator().manual_seed(99)
     x = torch.rand(args.batch, 3, size, size, generator=g) * 2 - 1
     for mode in args.modes.split(","):

@@ -810,7 +810,10 @@ fn bench_preprocess(args: &[String]) -> Result<()> {
 /// f32, bf16 autocast channels-last), same threads, batch and input size; VGG16 and GoogLeNet
 /// on random weights on both sides, the EfficientNet-Lite checkpoints on both sides. One row
 /// per model and thread count, with geoloc's speed-up against each mode (peer time / geoloc
-/// time), in one run; the first line says which CPU features this machine has.
+/// time), in one run; the first line says which CPU features this machine has, the second its
+/// measured clock and f32 peak per core. The last columns put geoloc and PyTorch's
+/// channels-last f32 against that peak: images/s x the model's FLOP per image (PyTorch's
+/// count, the direct convolution's) / (threads x peak per core).
 fn bench_featurize(args: &[String]) -> Result<()> {
     let threads_list = flag(args, "--threads").unwrap_or("1 2").to_owned();
     let batch = flag(args, "--batch").unwrap_or("16");
@@ -850,10 +853,13 @@ fn bench_featurize(args: &[String]) -> Result<()> {
                 .context("running the throughput example")?;
             let text = String::from_utf8_lossy(&out.stdout).to_string();
             if !header {
-                if let Some(cpu) = text.lines().find(|l| l.starts_with("cpu ")) {
-                    println!("{cpu}");
+                for l in text.lines() {
+                    if l.starts_with("cpu ") || l.starts_with("peak ") {
+                        println!("{l}");
+                    }
                 }
             }
+            let core_peak = text.lines().find_map(|l| field(l, "gflops_per_core"));
             let ours = text
                 .lines()
                 .find_map(|l| field(l, "images_per_s"))
@@ -884,19 +890,28 @@ fn bench_featurize(args: &[String]) -> Result<()> {
                 }
                 println!(
                     "model      threads  batch  geoloc img/s  torch f32  torch f32-cl  torch bf16-cl  \
-                     vs f32  vs f32-cl  vs bf16-cl"
+                     vs f32  vs f32-cl  vs bf16-cl  GFLOP/img  geoloc/peak  f32-cl/peak"
                 );
                 header = true;
             }
+            // Share of the f32 peak of `t` cores, counting the direct convolution's FLOPs.
+            let gflop = text.lines().find_map(|l| field(l, "gflop_per_image"));
+            let share = |rate: f64| match (gflop, core_peak, t.parse::<f64>()) {
+                (Some(g), Some(p), Ok(n)) => format!("{:.0}%", 100.0 * rate * g / (p * n)),
+                _ => "-".to_owned(),
+            };
             println!(
                 "{model:<10} {t:>7}  {batch:>5}  {ours:>12.2}  {:>9.2}  {:>12.2}  {:>13.2}  \
-                 {:>6.2}  {:>9.2}  {:>10.2}",
+                 {:>6.2}  {:>9.2}  {:>10.2}  {:>9}  {:>11}  {:>11}",
                 peer[0],
                 peer[1],
                 peer[2],
                 ours / peer[0],
                 ours / peer[1],
-                ours / peer[2]
+                ours / peer[2],
+                gflop.map_or("-".to_owned(), |g| format!("{g:.2}")),
+                share(ours),
+                share(peer[1]),
             );
         }
     }

@@ -4,7 +4,8 @@
 //! after a warm-up); compare with the peers' `featurize_torch.py random T --models ... --batches
 //! BATCH` (and `xtask/peers/lite_torch.py` for Lite1 and Lite2). The EfficientNet-Lite
 //! variants run their real checkpoints (`cargo xtask fetch-liteN`) at their own input sizes
-//! (224, 240, 260); VGG16 and GoogLeNet run at 224.
+//! (224, 240, 260); VGG16 and GoogLeNet run at 224. On x86 it also prints the core's clock
+//! (measured) and the f32 peak that makes per core, for the benchmark's fraction of peak.
 use candle_core::{DType, Device, Tensor};
 
 #[global_allocator]
@@ -61,6 +62,19 @@ fn main() {
     let reps: usize = a.next().and_then(|v| v.parse().ok()).unwrap_or(3);
     let cpu = geoloc_models::cpu::CpuFeatures::detect();
     println!("cpu {}; f32 path {}", cpu.line(), cpu.f32_path());
+    if let Some(ghz) = clock_ghz() {
+        // Two FMA pipes of the f32 path's width (Zen 3 and 4, Xeon Gold/Platinum; Zen 4
+        // splits a 512-bit FMA in two, so its real figure is half the AVX-512 one).
+        let flop_per_cycle = match cpu.f32_path() {
+            "avx512f" => 64.0,
+            "avx2+fma" => 32.0,
+            _ => 4.0,
+        };
+        println!(
+            "peak clock_ghz={ghz:.2} flop_per_cycle={flop_per_cycle} gflops_per_core={:.1}",
+            ghz * flop_per_cycle
+        );
+    }
     let lite = match model.as_str() {
         "lite0" => Some(LiteVariant::Lite0),
         "lite1" => Some(LiteVariant::Lite1),
@@ -115,4 +129,39 @@ fn main() {
         "{model} batch={batch} size={size} seconds={s:.3} images_per_s={:.2}",
         batch as f64 / s
     );
+}
+
+/// The core's clock while it runs, from a chain of dependent integer adds (one a cycle on
+/// every x86 core): best of 5 passes of 400M adds.
+#[cfg(target_arch = "x86_64")]
+fn clock_ghz() -> Option<f64> {
+    let n: u64 = 400_000_000;
+    let mut best = f64::MAX;
+    for _ in 0..5 {
+        let t = std::time::Instant::now();
+        let mut x: u64 = 0;
+        // SAFETY: register arithmetic only; the loop counter ends at zero.
+        unsafe {
+            std::arch::asm!(
+                "2:",
+                "add {x}, 1",
+                "add {x}, 1",
+                "add {x}, 1",
+                "add {x}, 1",
+                "sub {n}, 4",
+                "jnz 2b",
+                x = inout(reg) x,
+                n = inout(reg) n => _,
+                options(nomem, nostack),
+            );
+        }
+        std::hint::black_box(x);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    Some(n as f64 / best / 1e9)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn clock_ghz() -> Option<f64> {
+    None
 }
