@@ -4,25 +4,14 @@
 //! [REPS]`. Prints, per shape, the fastest of REPS passes of each path (the minimum: the
 //! least disturbed by other work on the machine) and their ratio. This is how
 //! `conv::WINOGRAD_MIN_CIN` was chosen.
-use candle_core::{Device, Module, Tensor};
+use candle_core::Module;
 use geoloc_models::conv::{Activation, Conv, PadMode, Padding};
+
+mod common;
+use common::random;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn random(shape: &[usize], seed: u64) -> Tensor {
-    let n: usize = shape.iter().product();
-    let mut s = seed;
-    let v: Vec<f32> = (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.05
-        })
-        .collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).expect("tensor")
-}
 
 fn main() {
     let mut a = std::env::args().skip(1);

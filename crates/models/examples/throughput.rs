@@ -6,7 +6,7 @@
 //! variants run their real checkpoints (`cargo xtask fetch-liteN`) at their own input sizes
 //! (224, 240, 260); VGG16 and GoogLeNet run at 224. On x86 it also prints the core's clock
 //! (measured) and the f32 peak that makes per core, for the benchmark's fraction of peak.
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -15,19 +15,8 @@ use geoloc_models::googlenet::{GoogLeNet, GoogLeNetConfig, GoogLeNetLayer};
 use geoloc_models::vgg::{Vgg, VggConfig, VggLayer};
 use geoloc_models::weights::WeightMap;
 
-fn random(shape: &[usize], seed: u64) -> Tensor {
-    let n: usize = shape.iter().product();
-    let mut s = seed;
-    let v: Vec<f32> = (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.05
-        })
-        .collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).expect("tensor")
-}
+mod common;
+use common::random;
 
 fn names(file: &str) -> Vec<(String, Tensor)> {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
