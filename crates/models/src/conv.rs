@@ -17,16 +17,15 @@ use rayon::prelude::*;
 use crate::winograd::Winograd;
 
 /// When a dense 3x3 stride-1 f32 convolution runs as Winograd F(2x2, 3x3) on the CPU rather
-/// than as im2col + gemm: from 64 input channels, on planes of 28x28 and up, or on any plane
-/// from 256 input channels. Below 64 channels the 16 products are too thin (their depth is
-/// the input channels) for the 2.25x fewer multiplications to pay for the transforms; on
-/// small planes the transforms run on short rows. Measured per layer shape with
-/// `examples/conv_paths.rs` (2 threads, AVX2): VGG16's layers 1.2-1.7x faster, GoogLeNet's
-/// 56x56 layer 1.2-1.4x, its 28x28 layers 1.0-1.1x; its 14x14 and 7x7 layers (96-192
-/// channels) 0.7-1.2x and its thin branches (16-48 channels) 0.5-1.0x, which therefore keep
-/// im2col.
+/// than as im2col + gemm: from 64 input channels, on planes of 7x7 and up. Below 64 channels
+/// the 16 products are too thin (their depth is the input channels) for the 2.25x fewer
+/// multiplications to pay for the transforms; below 7x7 too much of each 4x4 tile lies
+/// outside the plane. Measured per layer shape with `examples/conv_paths.rs` (Zen 3, 2
+/// threads, batch 16, two runs): VGG16's layers 1.2-1.9x faster; GoogLeNet's layers of
+/// 64-192 channels 1.0-1.5x, on every plane from 56x56 to 7x7; its thin branches (16-48
+/// channels) 0.55-0.94x, which therefore keep im2col.
 pub fn winograd_pays(cin: usize, oh: usize, ow: usize) -> bool {
-    cin >= 64 && (oh * ow >= 28 * 28 || cin >= 256)
+    cin >= 64 && oh * ow >= 7 * 7
 }
 
 /// The activation applied after the bias.
@@ -753,8 +752,8 @@ mod tests {
     }
 
     /// The kernels' own choice follows `winograd_pays`: VGG16's and GoogLeNet's wide layers
-    /// take Winograd, thin ones and small planes of few channels keep im2col, and other
-    /// kernel sizes, strides and depthwise convolutions never take it.
+    /// take Winograd, thin ones and planes under 7x7 keep im2col, and other kernel sizes,
+    /// strides and depthwise convolutions never take it.
     #[test]
     fn winograd_is_chosen_where_it_pays() -> Result<()> {
         let dev = Device::Cpu;
@@ -772,9 +771,8 @@ mod tests {
             )
         };
         assert!(conv(64, 3, 1, false)?.is_winograd(224, 224));
-        assert!(conv(64, 3, 1, false)?.is_winograd(28, 28));
-        assert!(!conv(64, 3, 1, false)?.is_winograd(14, 14));
-        assert!(conv(512, 3, 1, false)?.is_winograd(14, 14));
+        assert!(conv(96, 3, 1, false)?.is_winograd(7, 7));
+        assert!(!conv(512, 3, 1, false)?.is_winograd(4, 4));
         assert!(!conv(48, 3, 1, false)?.is_winograd(56, 56));
         assert!(!conv(64, 3, 2, false)?.is_winograd(56, 56));
         assert!(!conv(64, 5, 1, false)?.is_winograd(56, 56));
