@@ -733,6 +733,16 @@ mod tests {
                 Activation::Relu,
             ),
         ];
+        // An empty batch gives an empty output, as on the other paths.
+        let conv = |cin: usize| {
+            let weight = Tensor::from_vec(seq(64 * cin * 9, 4), (64, cin, 3, 3), &dev)?;
+            Conv::new(weight, None, 1, PadMode::TfSame, false, Activation::None)
+        };
+        let empty = Tensor::zeros((0, 64, 8, 8), candle_core::DType::F32, &dev)?;
+        assert_eq!(
+            conv(64)?.with_winograd(true).forward(&empty)?.dims(),
+            [0, 64, 8, 8]
+        );
         for (b, cin, cout, h, w, pad, act) in cases {
             let weight = Tensor::from_vec(seq(cout * cin * 9, 4), (cout, cin, 3, 3), &dev)?;
             let bias = Tensor::from_vec(seq(cout, 5), cout, &dev)?;

@@ -116,6 +116,9 @@ impl Winograd {
             pad,
         };
         let rows = b * geo.ty_n;
+        if rows == 0 {
+            return; // an empty batch (or plane): nothing to write
+        }
         // Bands of about BAND_BYTES of buffers each...
         let per_row = 16 * (cin + cout) * geo.tx_n * 4;
         let threads = rayon::current_num_threads();
