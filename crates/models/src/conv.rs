@@ -38,12 +38,13 @@ pub enum Activation {
 }
 
 impl Activation {
-    #[inline]
-    pub(crate) fn apply(self, v: f32) -> f32 {
+    /// Applies the activation to every value of `y` in place: one loop per activation, so
+    /// each vectorises.
+    pub(crate) fn apply_all(self, y: &mut [f32]) {
         match self {
-            Activation::None => v,
-            Activation::Relu => v.max(0.0),
-            Activation::Relu6 => v.clamp(0.0, 6.0),
+            Activation::None => {}
+            Activation::Relu => y.iter_mut().for_each(|v| *v = v.max(0.0)),
+            Activation::Relu6 => y.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0)),
         }
     }
 
@@ -144,23 +145,33 @@ impl Conv {
         } else {
             None
         };
-        let winograd = match &packed {
-            Some((w, _)) if kh == 3 && stride == 1 && !depthwise && cin >= 64 => {
-                Some((Winograd::new(w, cout, cin), false))
-            }
-            _ => None,
-        };
-        Ok(Conv {
+        let mut conv = Conv {
             weight,
             bias,
             packed,
-            winograd,
+            winograd: None,
             k: kh,
             stride,
             pad,
             depthwise,
             act,
-        })
+        };
+        // Kept for layers that can take Winograd on some input size (winograd_pays).
+        if cin >= 64 {
+            conv.winograd = conv.winograd_weights().map(|u| (u, false));
+        }
+        Ok(conv)
+    }
+
+    /// The weight transformed for Winograd F(2x2, 3x3), where it applies: a dense 3x3
+    /// stride-1 convolution with f32 weights on the CPU.
+    fn winograd_weights(&self) -> Option<Winograd> {
+        match &self.packed {
+            Some((w, b)) if self.k == 3 && self.stride == 1 && !self.depthwise => {
+                Some(Winograd::new(w, b.len(), w.len() / b.len() / 9))
+            }
+            _ => None,
+        }
     }
 
     /// Whether the CPU kernels run this convolution, on an `h x w` input, as Winograd
@@ -185,11 +196,10 @@ impl Conv {
     /// Always applies only where Winograd can: a dense 3x3 stride-1 convolution with f32
     /// weights on the CPU.
     pub fn with_winograd(mut self, always: bool) -> Self {
-        self.winograd = match &self.packed {
-            Some((w, b)) if always && self.k == 3 && self.stride == 1 && !self.depthwise => {
-                Some((Winograd::new(w, b.len(), w.len() / b.len() / 9), true))
-            }
-            _ => None,
+        self.winograd = match (always, self.winograd.take()) {
+            (false, _) => None,
+            (true, Some((u, _))) => Some((u, true)),
+            (true, None) => self.winograd_weights().map(|u| (u, true)),
         };
         self
     }
@@ -374,10 +384,7 @@ impl CpuConv<'_> {
                 }
             });
         }
-        if self.act != Activation::None {
-            let act = self.act;
-            y.iter_mut().for_each(|v| *v = act.apply(*v));
-        }
+        self.act.apply_all(y);
     }
 
     /// `dst[cout, n] += weight[cout, kdim] @ rhs[kdim, n]`, row-major with the given row
@@ -456,10 +463,7 @@ impl CpuConv<'_> {
                 }
             }
         }
-        if self.act != Activation::None {
-            let act = self.act;
-            y.iter_mut().for_each(|v| *v = act.apply(*v));
-        }
+        self.act.apply_all(y);
     }
 }
 

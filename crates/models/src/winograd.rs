@@ -422,11 +422,7 @@ fn output_tiles(
             y1[t] = c1[t] - c2[t] - c3[t] + bias;
         }
     }
-    match act {
-        Activation::None => {}
-        Activation::Relu => y.iter_mut().for_each(|v| *v = v.max(0.0)),
-        Activation::Relu6 => y.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0)),
-    }
+    act.apply_all(y);
     for (r, out) in dst.chunks_exact_mut(ow).enumerate() {
         let (y0, y1) = y[2 * r * tx_n..(2 * r + 2) * tx_n].split_at(tx_n);
         let mut pairs = out.chunks_exact_mut(2);
