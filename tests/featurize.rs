@@ -169,6 +169,80 @@ fn demo_featurize_lite0_and_hog_with_shards() {
         sharded.manifest.info.fingerprint,
         ds.manifest.info.fingerprint
     );
+
+    bf16_on_the_cpu(root, &ds);
+}
+
+/// The demo's Lite0 with `dtype = "bf16"`: where the CPU has AVX512-BF16, every row within
+/// cosine 0.999 of the f32 run's (`f32`), the parts recording the bf16 kernels and the dtype
+/// in the fingerprint; elsewhere one clear refusal naming what the CPU has.
+fn bf16_on_the_cpu(root: &Path, f32: &Dataset) {
+    let pipe = std::fs::read_to_string(root.join(PIPE)).unwrap().replace(
+        "[stages.lite0.config]\n",
+        "[stages.lite0.config]\ndtype = \"bf16\"\n",
+    );
+    assert!(pipe.contains("dtype = \"bf16\""));
+    std::fs::write(root.join("pipelines/demo_bf16.toml"), pipe).unwrap();
+    let runs = root.join("bf16");
+    support::copy_dir(&root.join("runs/demo/ingest"), &runs.join("ingest"));
+    let cpu = geoloc_models::cpu::CpuFeatures::detect();
+    let args = [
+        "featurize",
+        "--pipeline",
+        "pipelines/demo_bf16.toml",
+        "--instance",
+        "lite0",
+        "--runs-dir",
+        runs.to_str().unwrap(),
+    ];
+    let Some(_) = cpu.bf16_path() else {
+        let out = geoloc(&args, root, &[], false);
+        let e = stderr(&out);
+        assert!(e.contains("dtype bf16 on the CPU needs AVX512-BF16"), "{e}");
+        eprintln!("SKIPPED: featurize in bf16: this CPU has no AVX512-BF16 (refusal checked)");
+        return;
+    };
+    // The dot-product kernel by name: the process would otherwise time both (they give the
+    // same values bit for bit, `bf16.rs`'s tests) and may pick either.
+    let out = geoloc(&args, root, &[("GEOLOC_BF16_KERNEL", "dot")], true);
+    let kernels = "cpu bf16 avx512-bf16".to_owned();
+    assert!(stdout(&out).contains(&kernels), "{}", stdout(&out));
+    let bf = features(&runs.join("lite0"));
+    assert_eq!(bf.manifest.info.metadata["dtype"], "bf16");
+    assert_ne!(bf.manifest.info.fingerprint, f32.manifest.info.fingerprint);
+    for part in &bf.manifest.parts {
+        assert_eq!(
+            part.compute.as_deref(),
+            Some(kernels.as_str()),
+            "{}",
+            part.file
+        );
+    }
+    assert_eq!(keys(&bf), keys(f32));
+    let rows = |ds: &Dataset| -> Vec<Vec<f32>> {
+        let mut v = Vec::new();
+        for b in ds.read_all().unwrap() {
+            let list = b.column(2).as_fixed_size_list();
+            for i in 0..b.num_rows() {
+                v.push(
+                    list.value(i)
+                        .as_primitive::<Float32Type>()
+                        .values()
+                        .to_vec(),
+                );
+            }
+        }
+        v
+    };
+    let mut worst = 1.0f64;
+    for (a, b) in rows(f32).iter().zip(rows(&bf)) {
+        let dot: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
+        let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        let c = dot / (norm(a) * norm(&b));
+        assert!(c > 0.999, "a row's cosine to f32 is {c}");
+        worst = worst.min(c);
+    }
+    eprintln!("featurize bf16 ({kernels}): lowest cosine to f32 {worst:.6}");
 }
 
 /// A config file run of Lite0 on random weights (no checkpoint needed), small parts; from

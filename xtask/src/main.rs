@@ -813,7 +813,9 @@ fn bench_preprocess(args: &[String]) -> Result<()> {
 /// time), in one run; the first line says which CPU features this machine has, the second its
 /// measured clock and f32 peak per core. The last columns put geoloc and PyTorch's
 /// channels-last f32 against that peak: images/s x the model's FLOP per image (PyTorch's
-/// count, the direct convolution's) / (threads x peak per core).
+/// count, the direct convolution's) / (threads x peak per core). Where the CPU has
+/// AVX512-BF16, geoloc's bf16 runs too, against PyTorch's bf16 autocast (channels-last), and
+/// both against the bf16 peak the example measures (`bf16peak`).
 fn bench_featurize(args: &[String]) -> Result<()> {
     let threads_list = flag(args, "--threads").unwrap_or("1 2").to_owned();
     let batch = flag(args, "--batch").unwrap_or("16");
@@ -854,16 +856,46 @@ fn bench_featurize(args: &[String]) -> Result<()> {
             let text = String::from_utf8_lossy(&out.stdout).to_string();
             if !header {
                 for l in text.lines() {
-                    if l.starts_with("cpu ") || l.starts_with("peak ") {
+                    if l.starts_with("cpu ") || l.starts_with("peak ") || l.starts_with("bf16peak ")
+                    {
                         println!("{l}");
                     }
                 }
             }
-            let core_peak = text.lines().find_map(|l| field(l, "gflops_per_core"));
+            let core_peak = text
+                .lines()
+                .filter(|l| l.starts_with("peak "))
+                .find_map(|l| field(l, "gflops_per_core"));
+            let bf16_peak = text
+                .lines()
+                .filter(|l| l.starts_with("bf16peak "))
+                .find_map(|l| field(l, "gflops_per_core"));
             let ours = text
                 .lines()
                 .find_map(|l| field(l, "images_per_s"))
                 .with_context(|| format!("no result from the throughput example: {text}"))?;
+            // geoloc's bf16, where this CPU has the kernels.
+            let ours_bf16 = if text.contains("bf16 kernel bf16 ") {
+                let out = Command::new(&ours_bin)
+                    .args([model, batch, reps, "bf16"])
+                    .env("RAYON_NUM_THREADS", t)
+                    .env("MIMALLOC_PURGE_DELAY", "1000")
+                    .output()
+                    .context("running the throughput example in bf16")?;
+                let text = String::from_utf8_lossy(&out.stdout).to_string();
+                Some(
+                    text.lines()
+                        .find_map(|l| field(l, "images_per_s"))
+                        .with_context(|| {
+                            format!(
+                                "no bf16 result from the throughput example: {text}{}",
+                                String::from_utf8_lossy(&out.stderr)
+                            )
+                        })?,
+                )
+            } else {
+                None
+            };
             let out = Command::new(&py)
                 .arg(root().join("xtask/peers/featurize_modes.py"))
                 .args([t, "--models", model, "--batch", batch, "--reps", reps])
@@ -890,19 +922,31 @@ fn bench_featurize(args: &[String]) -> Result<()> {
                 }
                 println!(
                     "model      threads  batch  geoloc img/s  torch f32  torch f32-cl  torch bf16-cl  \
-                     vs f32  vs f32-cl  vs bf16-cl  GFLOP/img  geoloc/peak  f32-cl/peak"
+                     vs f32  vs f32-cl  vs bf16-cl  GFLOP/img  geoloc/peak  f32-cl/peak  \
+                     geoloc bf16  bf16 vs bf16-cl  bf16/bf16peak  bf16-cl/bf16peak"
                 );
                 header = true;
             }
             // Share of the f32 peak of `t` cores, counting the direct convolution's FLOPs.
             let gflop = text.lines().find_map(|l| field(l, "gflop_per_image"));
-            let share = |rate: f64| match (gflop, core_peak, t.parse::<f64>()) {
+            let share_of = |rate: f64, peak: Option<f64>| match (gflop, peak, t.parse::<f64>()) {
                 (Some(g), Some(p), Ok(n)) => format!("{:.0}%", 100.0 * rate * g / (p * n)),
                 _ => "-".to_owned(),
             };
+            let share = |rate: f64| share_of(rate, core_peak);
+            let (bf16_rate, bf16_ratio, bf16_share, peer_bf16_share) = match ours_bf16 {
+                Some(r) => (
+                    format!("{r:.2}"),
+                    format!("{:.2}", r / peer[2]),
+                    share_of(r, bf16_peak),
+                    share_of(peer[2], bf16_peak),
+                ),
+                None => ("-".into(), "-".into(), "-".into(), "-".into()),
+            };
             println!(
                 "{model:<10} {t:>7}  {batch:>5}  {ours:>12.2}  {:>9.2}  {:>12.2}  {:>13.2}  \
-                 {:>6.2}  {:>9.2}  {:>10.2}  {:>9}  {:>11}  {:>11}",
+                 {:>6.2}  {:>9.2}  {:>10.2}  {:>9}  {:>11}  {:>11}  {bf16_rate:>11}  \
+                 {bf16_ratio:>15}  {bf16_share:>13}  {peer_bf16_share:>16}",
                 peer[0],
                 peer[1],
                 peer[2],

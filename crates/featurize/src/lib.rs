@@ -83,7 +83,9 @@ pub struct Config {
     /// Seed of `random_init`.
     #[serde(default)]
     pub seed: u64,
-    /// `f32` (default), `f16`, `bf16` (reduced precision on CUDA).
+    /// `f32` (default), `bf16`, `f16`. On the CPU, bf16 runs every matrix product in bf16
+    /// with f32 accumulation on AVX512-BF16 (refused, naming what the CPU has, where it has
+    /// not), and f16 is refused; on CUDA both run candle's kernels.
     #[serde(default = "f32_name")]
     pub dtype: String,
     /// Where to run: `cpu` (default), `cuda`, `cuda:N`. An execution setting: not part of
@@ -275,7 +277,8 @@ pub struct Summary {
     pub write_s: f64,
     pub wait_s: f64,
     /// The compute path the backbone ran on: `cpu f32 avx2+fma` (the `gemm` kernels this
-    /// CPU's features select), `cuda:0 bf16`, or `hog` (see `geoloc_models::cpu`).
+    /// CPU's features select), `cpu bf16 avx512-bf16`, `cuda:0 bf16`, or `hog` (see
+    /// `geoloc_models::cpu`).
     pub kernels: String,
 }
 
@@ -428,9 +431,9 @@ fn default_batch(on_cpu: bool) -> usize {
     }
 }
 
-/// The compute path `cfg` runs on (for the summary line), or why it cannot: a
-/// reduced-precision dtype on the CPU is refused with what the CPU has, never run slowly
-/// through generic operations without saying so (`geoloc_models::cpu`).
+/// The compute path `cfg` runs on (for the summary line and the parts), or why it cannot: bf16
+/// on a CPU without AVX512-BF16, and f16 on any CPU, are refused with what the CPU has, never
+/// run slowly through generic operations without saying so (`geoloc_models::cpu`).
 fn kernels(cfg: &Config) -> Result<String, Error> {
     if cfg.backbone == BackboneKind::Hog {
         return Ok("hog".into());
@@ -439,11 +442,9 @@ fn kernels(cfg: &Config) -> Result<String, Error> {
     if cfg.device != "cpu" {
         return Ok(format!("{} {}", cfg.device, cfg.dtype));
     }
-    let cpu = geoloc_models::cpu::CpuFeatures::detect();
-    match cpu.bf16_refusal(&cfg.dtype) {
-        Some(why) => Err(Error::Config(why)),
-        None => Ok(format!("cpu f32 {}", cpu.f32_path())),
-    }
+    geoloc_models::cpu::kernels(&cfg.dtype)
+        .map(|p| format!("cpu {p}"))
+        .map_err(Error::Config)
 }
 
 /// Runs featurize for `ctx.shard`: writes that shard's parts and marker, keeping the parts
@@ -931,17 +932,29 @@ mod tests {
         assert!(toml::from_str::<Config>("backbone = 'hog'\nwieghts = 'x'").is_err());
     }
 
-    /// bf16 and f16 on the CPU are refused before anything loads, naming this CPU's
-    /// features; f32 names the `gemm` path it runs; HOG and CUDA pass through.
+    /// bf16 on the CPU runs where the CPU has AVX512-BF16 and is refused before anything
+    /// loads elsewhere, naming this CPU's features; f16 on the CPU is refused; f32 names the
+    /// `gemm` path it runs; HOG and CUDA pass through.
     #[test]
     fn reduced_precision_on_the_cpu_is_refused_and_kernels_are_named() {
         let cpu = geoloc_models::cpu::CpuFeatures::detect();
         let c: Config = toml::from_str("backbone = 'lite0'\ndtype = 'bf16'").unwrap();
-        let e = kernels(&c).unwrap_err().to_string();
-        assert!(
-            e.contains("dtype bf16 on the CPU") && e.contains(&cpu.line()),
-            "{e}"
-        );
+        match cpu.bf16_path() {
+            Some(p) => {
+                let k = kernels(&c).unwrap();
+                eprintln!("bf16 CPU path {p}: named as {k}");
+                assert!(k.starts_with(&format!("cpu bf16 {p}")), "{k}");
+            }
+            None => {
+                eprintln!("no bf16 CPU path here: its refusal checked");
+                let e = kernels(&c).unwrap_err().to_string();
+                assert!(
+                    e.contains("dtype bf16 on the CPU needs AVX512-BF16")
+                        && e.contains(&cpu.line()),
+                    "{e}"
+                );
+            }
+        }
         let c: Config = toml::from_str("backbone = 'lite0'\ndtype = 'f16'").unwrap();
         assert!(kernels(&c)
             .unwrap_err()

@@ -3,7 +3,9 @@
 //! `RAYON_NUM_THREADS=T cargo run --release -p geoloc-models --example conv_paths -- [BATCH]
 //! [REPS]`. Prints, per shape, the fastest of REPS passes of each path (the minimum: the
 //! least disturbed by other work on the machine) and their ratio. This is how
-//! `conv::WINOGRAD_MIN_CIN` was chosen.
+//! `conv::winograd_pays` was chosen. Where the CPU has AVX512-BF16 it also times both paths
+//! with bf16 products (`Conv::to_bf16`, the kernel this process picks, or the one
+//! `GEOLOC_BF16_KERNEL=dot|widened` names).
 use candle_core::Module;
 use geoloc_models::conv::{Activation, Conv, PadMode, Padding};
 
@@ -47,7 +49,13 @@ fn main() {
         "batch {batch}, {} threads, best of {reps}",
         rayon::current_num_threads()
     );
-    println!("network    cin  cout  size   im2col ms  winograd ms  speed-up");
+    let bf16 = geoloc_models::cpu::kernels("bf16").ok();
+    if let Some(k) = &bf16 {
+        println!("bf16 kernel: {k}");
+    }
+    println!(
+        "network    cin  cout  size   im2col ms  winograd ms  speed-up  im2col bf16  winograd bf16"
+    );
     for (net, cin, cout, size) in shapes {
         let x = random(&[batch, cin, size, size], 1);
         let conv = |on| {
@@ -62,20 +70,33 @@ fn main() {
             .expect("conv")
             .with_winograd(on)
         };
-        let (plain, wino) = (conv(false), conv(true));
-        let mut best = [f64::MAX; 2];
+        let mut convs = vec![conv(false), conv(true)];
+        if bf16.is_some() {
+            for on in [false, true] {
+                let mut c = conv(on);
+                c.to_bf16().expect("bf16");
+                convs.push(c);
+            }
+        }
+        let mut best = vec![f64::MAX; convs.len()];
         for _ in 0..reps {
-            for (i, c) in [&plain, &wino].into_iter().enumerate() {
+            for (i, c) in convs.iter().enumerate() {
                 let t = std::time::Instant::now();
                 c.forward(&x).expect("forward");
                 best[i] = best[i].min(t.elapsed().as_secs_f64());
             }
         }
+        let ms = |i: usize| {
+            best.get(i)
+                .map_or("-".into(), |t| format!("{:.1}", t * 1e3))
+        };
         println!(
-            "{net:<9} {cin:>4} {cout:>5} {size:>5} {:>11.1} {:>12.1} {:>9.2}",
+            "{net:<9} {cin:>4} {cout:>5} {size:>5} {:>11.1} {:>12.1} {:>9.2} {:>12} {:>14}",
             best[0] * 1e3,
             best[1] * 1e3,
-            best[0] / best[1]
+            best[0] / best[1],
+            ms(2),
+            ms(3)
         );
     }
 }

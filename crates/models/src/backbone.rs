@@ -247,7 +247,7 @@ pub enum ModelError {
 }
 
 enum Net {
-    Vgg(Vgg, VggLayer),
+    Vgg(Box<Vgg>, VggLayer),
     Inception(Box<GoogLeNet>, GoogLeNetLayer),
     Lite(Box<EfficientNetLite>, LiteLayer),
     Hog(HogParams),
@@ -313,13 +313,26 @@ pub fn parse_dtype(s: &str) -> Result<DType, ModelError> {
 
 impl Backbone {
     /// Builds the backbone; a CNN loads its weights from `weights` (required for a CNN).
+    ///
+    /// bf16 on the CPU keeps the weights and activations f32 and runs every matrix product
+    /// in bf16 with f32 accumulation (`geoloc_models::cpu`: AVX512-BF16); a CPU without it is
+    /// refused with what it has. f16 on the CPU runs candle's generic operations.
     pub fn load(
         spec: BackboneSpec,
         weights: Option<&WeightsSource>,
         device: &Device,
         dtype: DType,
     ) -> Result<Self, ModelError> {
-        let net = match spec.kind {
+        let cpu_bf16 = device.is_cpu() && dtype == DType::BF16 && spec.kind != BackboneKind::Hog;
+        if cpu_bf16 {
+            let cpu = crate::cpu::CpuFeatures::detect();
+            if let Some(why) = cpu.bf16_refusal("bf16") {
+                return Err(ModelError::Device("cpu".into(), why));
+            }
+        }
+        // The tensors' dtype: the CPU's bf16 rounds inside the products only.
+        let dtype = if cpu_bf16 { DType::F32 } else { dtype };
+        let mut net = match spec.kind {
             BackboneKind::Hog => Net::Hog(spec.hog),
             kind => {
                 let layer = spec
@@ -355,7 +368,7 @@ impl Backbone {
                 };
                 match (kind, layer) {
                     (BackboneKind::Vgg16, l) => Net::Vgg(
-                        Vgg::load(map, VggConfig::vgg16()).map_err(wrap)?,
+                        Box::new(Vgg::load(map, VggConfig::vgg16()).map_err(wrap)?),
                         match l {
                             Layer::Fc7 => VggLayer::Fc7,
                             Layer::Pool5 => VggLayer::Pool5,
@@ -387,6 +400,14 @@ impl Backbone {
                 }
             }
         };
+        if cpu_bf16 {
+            match &mut net {
+                Net::Vgg(n, _) => n.to_bf16()?,
+                Net::Inception(n, _) => n.to_bf16()?,
+                Net::Lite(n, _) => n.to_bf16()?,
+                Net::Hog(_) => {}
+            }
+        }
         Ok(Backbone {
             spec,
             net,

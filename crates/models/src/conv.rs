@@ -8,12 +8,15 @@
 //! AVX-512 kernels enabled), 1x1 stride-1 convolutions skip im2col, the bias is the product's
 //! initial value and the activation is applied in place; wide 3x3 stride-1 convolutions run
 //! as Winograd F(2x2, 3x3) (`winograd.rs`, where [`winograd_pays`]); depthwise convolutions
-//! are a direct loop over each channel's plane. On other devices or dtypes it runs candle's operations
-//! (pad, `conv2d`, add, activation), which give the same values.
+//! are a direct loop over each channel's plane. With [`Conv::to_bf16`] the products (im2col,
+//! 1x1 and Winograd) run in bf16 with f32 accumulation on AVX512-BF16 (`bf16.rs`); the rest
+//! stays f32. On other devices or dtypes it runs candle's operations (pad, `conv2d`, add,
+//! activation), which give the same values.
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::bf16::{self, PackedA};
 use crate::winograd::Winograd;
 
 /// When a dense 3x3 stride-1 f32 convolution runs as Winograd F(2x2, 3x3) on the CPU rather
@@ -111,6 +114,9 @@ pub struct Conv {
     /// The weight transformed for Winograd's F(2x2, 3x3), where the CPU kernels may use it,
     /// and whether they always do (else where [`winograd_pays`]).
     winograd: Option<(Winograd, bool)>,
+    /// The weight rounded to bf16 and packed for [`bf16::gemm`], when the products run in
+    /// bf16 ([`Conv::to_bf16`]).
+    bf16: Option<PackedA>,
     k: usize,
     stride: usize,
     pad: PadMode,
@@ -150,6 +156,7 @@ impl Conv {
             bias,
             packed,
             winograd: None,
+            bf16: None,
             k: kh,
             stride,
             pad,
@@ -168,10 +175,41 @@ impl Conv {
     fn winograd_weights(&self) -> Option<Winograd> {
         match &self.packed {
             Some((w, b)) if self.k == 3 && self.stride == 1 && !self.depthwise => {
-                Some(Winograd::new(w, b.len(), w.len() / b.len() / 9))
+                let u = Winograd::new(w, b.len(), w.len() / b.len() / 9);
+                Some(if self.bf16.is_some() {
+                    u.with_bf16()
+                } else {
+                    u
+                })
             }
             _ => None,
         }
+    }
+
+    /// Runs this convolution's products in bf16 on the CPU (bf16 operands, f32 accumulation,
+    /// [`crate::bf16`]): the weights are rounded and packed here, once. Depthwise
+    /// convolutions have no products and stay f32, as does everything around the products.
+    /// An error where this CPU lacks AVX512-BF16 or the weights are not f32 on the CPU.
+    pub fn to_bf16(&mut self) -> Result<()> {
+        if !bf16::available() {
+            candle_core::bail!("bf16 on the CPU needs AVX512-BF16 (and AVX512-F, -BW)");
+        }
+        let Some((w, b)) = &self.packed else {
+            candle_core::bail!("bf16 CPU products need the layer's f32 weights on the CPU");
+        };
+        if self.depthwise || self.bf16.is_some() {
+            return Ok(());
+        }
+        self.bf16 = Some(PackedA::new(w, b.len(), w.len() / b.len()));
+        if let Some((u, _)) = self.winograd.as_mut() {
+            *u = u.clone().with_bf16();
+        }
+        Ok(())
+    }
+
+    /// Whether the products run in bf16 ([`Conv::to_bf16`]).
+    pub fn is_bf16(&self) -> bool {
+        self.bf16.is_some()
     }
 
     /// Whether the CPU kernels run this convolution, on an `h x w` input, as Winograd
@@ -237,6 +275,7 @@ impl Module for Conv {
                 x.apply_op1_no_bwd(&CpuConv {
                     weight: w,
                     winograd: self.winograd_for(h, wd),
+                    bf16: self.bf16.as_ref(),
                     bias: b,
                     cout,
                     k: self.k,
@@ -262,6 +301,7 @@ thread_local! {
 struct CpuConv<'a> {
     weight: &'a [f32],
     winograd: Option<&'a Winograd>,
+    bf16: Option<&'a PackedA>,
     bias: &'a [f32],
     cout: usize,
     k: usize,
@@ -403,6 +443,21 @@ impl CpuConv<'_> {
         kdim: usize,
         par: gemm::Parallelism,
     ) {
+        if let Some(a) = self.bf16 {
+            let b = bf16::B::Rows {
+                ptr: rhs,
+                rs: rhs_rs,
+            };
+            // SAFETY: forwarded from the caller; `to_bf16` checked the CPU, and the packed
+            // weight is [cout, kdim].
+            unsafe {
+                match par {
+                    gemm::Parallelism::None => bf16::gemm(a, b, n, dst, dst_rs, true),
+                    _ => bf16::gemm_par(a, b, n, dst, dst_rs, true),
+                }
+            }
+            return;
+        }
         // SAFETY: forwarded from the caller; the weight is [cout, kdim] row-major.
         unsafe {
             gemm::gemm(
@@ -672,6 +727,82 @@ mod tests {
 
     fn max_error(a: &Tensor, b: &Tensor) -> Result<f32> {
         (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
+    }
+
+    /// The bf16 products (`Conv::to_bf16`) on every dense path: im2col (3x3, 7x7 stride 2,
+    /// TF-SAME), 1x1 direct, Winograd, with batches above and below the thread count (one
+    /// product per image, or one product split across the pool). im2col and 1x1 round the
+    /// same operands as candle's convolution of the bf16-rounded weight and input, so they
+    /// match it to f32 accumulation error; Winograd rounds the transformed operands, so it
+    /// matches the f32 convolution to bf16's precision. Each differs from the f32 kernels
+    /// (the bf16 path did run). Depthwise layers stay f32.
+    #[test]
+    fn bf16_products_match_candle_on_rounded_operands() -> Result<()> {
+        if !bf16::available() {
+            eprintln!("SKIPPED: bf16 conv test: this CPU has no AVX512-BF16");
+            return Ok(());
+        }
+        let dev = Device::Cpu;
+        let round =
+            |t: &Tensor| -> Result<Tensor> { t.to_dtype(DType::BF16)?.to_dtype(DType::F32) };
+        let same = |p| PadMode::Fixed(Padding::same_all(p));
+        let cases = [
+            // (batch, cin, cout, h, w, k, stride, pad, winograd)
+            (3, 4, 5, 9, 7, 3, 1, same(1), false),
+            (1, 3, 16, 23, 21, 7, 2, same(3), false),
+            (4, 24, 40, 13, 12, 3, 2, PadMode::TfSame, false),
+            (3, 33, 20, 6, 5, 1, 1, same(0), false),
+            (1, 96, 130, 9, 11, 1, 1, same(0), false),
+            (1, 64, 24, 14, 14, 3, 1, same(1), true),
+            (5, 72, 64, 7, 9, 3, 1, same(1), true),
+        ];
+        for (b, cin, cout, h, w, k, s, pad, wino) in cases {
+            let weight = Tensor::from_vec(seq(cout * cin * k * k, 1), (cout, cin, k, k), &dev)?;
+            let bias = Tensor::from_vec(seq(cout, 2), cout, &dev)?;
+            let x = Tensor::from_vec(seq(b * cin * h * w, 3), (b, cin, h, w), &dev)?;
+            let f32_conv = Conv::new(
+                weight.clone(),
+                Some(bias.clone()),
+                s,
+                pad,
+                false,
+                Activation::Relu,
+            )?
+            .with_winograd(wino);
+            let mut conv = f32_conv.clone();
+            conv.to_bf16()?;
+            assert!(conv.is_bf16() && conv.is_winograd(h, w) == wino);
+            let got = conv.forward(&x)?;
+            let full = f32_conv.forward(&x)?;
+            let range = full.abs()?.max_all()?.to_scalar::<f32>()?;
+            let case = format!("case {b} {cin}->{cout} {h}x{w} k{k} s{s} winograd={wino}");
+            assert!(
+                max_error(&got, &full)? > 0.0,
+                "{case}: bf16 gave the f32 result"
+            );
+            if wino {
+                let err = max_error(&got, &full)?;
+                assert!(err < 1e-2 * range, "{case}: {err} of {range} from f32");
+            } else {
+                let rounded =
+                    Conv::new(round(&weight)?, Some(bias), s, pad, false, Activation::Relu)?;
+                let want = rounded.forward_candle(&round(&x)?)?;
+                let err = max_error(&got, &want)?;
+                assert!(
+                    err < 1e-5 * range.max(1.0),
+                    "{case}: {err} from rounded operands"
+                );
+            }
+        }
+        // Depthwise: no products, f32 unchanged.
+        let dw = Tensor::from_vec(seq(6 * 9, 4), (6, 1, 3, 3), &dev)?;
+        let mut conv = Conv::new(dw, None, 1, same(1), true, Activation::None)?;
+        let x = Tensor::from_vec(seq(2 * 6 * 5 * 5, 5), (2, 6, 5, 5), &dev)?;
+        let before = conv.forward(&x)?;
+        conv.to_bf16()?;
+        assert!(!conv.is_bf16());
+        assert_eq!(max_error(&conv.forward(&x)?, &before)?, 0.0);
+        Ok(())
     }
 
     /// Winograd F(2x2, 3x3) against candle's convolution where its tiling has edges: odd

@@ -6,14 +6,16 @@
 //! code. [`CpuFeatures::f32_path`] names the one it takes here, for logs and the featurize
 //! summary.
 //!
-//! bf16 on the CPU needs a matrix unit: Intel's AMX tiles (AMX-BF16) or AVX-512 bf16 dot
-//! products (AVX512-BF16, Intel Cooper Lake and later, AMD Zen 4 and later). geoloc has no
-//! bf16 CPU kernels yet; [`CpuFeatures::bf16_refusal`] is the one message that says so, and
-//! names what this CPU has, rather than running candle's generic bf16 operations (correct,
-//! but far slower than f32) without saying so. AMX is read from CPUID and the OS's enabled
-//! state (XCR0) directly, because the standard library's detection of it is not stable yet;
-//! a process must still ask Linux for the tile state (`arch_prctl(ARCH_REQ_XCOMP_PERM,
-//! XFEATURE_XTILEDATA)`) before its first tile instruction.
+//! bf16 on the CPU runs geoloc's own kernels on AVX-512 bf16 dot products (AVX512-BF16:
+//! Intel Cooper Lake, Sapphire Rapids and later, AMD Zen 4 and later; see `bf16.rs`).
+//! [`CpuFeatures::bf16_path`] names them where the CPU has them, and
+//! [`CpuFeatures::bf16_refusal`] is the one message, naming what this CPU has, where it has
+//! not, rather than running candle's generic bf16 operations (correct, but far slower than
+//! f32) without saying so. Intel's AMX tiles (AMX-BF16) are detected but not used yet: every
+//! CPU with AMX also has AVX512-BF16 and runs those kernels. AMX is read from CPUID and the
+//! OS's enabled state (XCR0) directly, because the standard library's detection of it is not
+//! stable yet; a process must still ask Linux for the tile state (`arch_prctl(
+//! ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`) before its first tile instruction.
 
 /// The instruction-set extensions the kernels care about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -55,6 +57,22 @@ impl CpuFeatures {
         }
     }
 
+    /// The bf16 kernels this CPU runs, if any: `avx512-bf16` (AVX512-F and AVX512-BF16).
+    pub fn bf16_path(&self) -> Option<&'static str> {
+        (self.avx512f && self.avx512_bf16).then_some("avx512-bf16")
+    }
+
+    /// What `dtype` runs on with these features: `f32 avx512f`, `bf16 avx512-bf16`, or why
+    /// it cannot ([`CpuFeatures::bf16_refusal`]). On this machine, [`kernels`] also names
+    /// the bf16 kernel chosen.
+    pub fn path(&self, dtype: &str) -> Result<String, String> {
+        match self.bf16_refusal(dtype) {
+            Some(why) => Err(why),
+            None if dtype == "bf16" => Ok(format!("bf16 {}", self.bf16_path().unwrap_or("?"))),
+            None => Ok(format!("f32 {}", self.f32_path())),
+        }
+    }
+
     /// The fastest bf16 unit present, if any: `amx-bf16` or `avx512-bf16`.
     pub fn bf16_unit(&self) -> Option<&'static str> {
         if self.amx_bf16 {
@@ -86,26 +104,34 @@ impl CpuFeatures {
         .join(" ")
     }
 
-    /// Why a reduced-precision `dtype` cannot run on this CPU, or `None` for `f32`.
+    /// Why `dtype` cannot run on this CPU, or `None` where it can: f32 everywhere, bf16
+    /// where [`CpuFeatures::bf16_path`] is some, f16 nowhere.
     pub fn bf16_refusal(&self, dtype: &str) -> Option<String> {
-        if dtype == "f32" {
-            return None;
-        }
         let have = format!("this CPU: {}", self.line());
-        Some(match (dtype, self.bf16_unit()) {
-            ("bf16", Some(unit)) => format!(
-                "dtype bf16 on the CPU: geoloc has no bf16 CPU kernels yet (this CPU has {unit}, \
-                 which they are to use; {have}); run f32 on the CPU, or bf16 on a GPU"
-            ),
-            ("bf16", None) => format!(
-                "dtype bf16 on the CPU needs AMX-BF16 or AVX512-BF16, and {have} has neither; \
-                 run f32 on the CPU, or bf16 on a GPU"
-            ),
-            (other, _) => format!(
-                "dtype {other} on the CPU: reduced precision on the CPU would be bf16 (not yet \
-                 built; {have}); run f32 on the CPU, or {other} on a GPU"
-            ),
-        })
+        match (dtype, self.bf16_path()) {
+            ("f32", _) | ("bf16", Some(_)) => None,
+            ("bf16", None) => Some(format!(
+                "dtype bf16 on the CPU needs AVX512-BF16 (Intel Cooper Lake or Sapphire Rapids \
+                 and later, AMD Zen 4 and later), and {have} has not got it; run f32 on the \
+                 CPU, or bf16 on a GPU"
+            )),
+            (other, _) => Some(format!(
+                "dtype {other} on the CPU: the CPU's reduced precision is bf16 (where it has \
+                 AVX512-BF16; {have}); run f32 or bf16 on the CPU, or {other} on a GPU"
+            )),
+        }
+    }
+}
+
+/// What `dtype` runs on in this process: `f32 avx512f`, `bf16 avx512-bf16` (`VDPBF16PS`), `bf16
+/// avx512-bf16 widened` (bf16 operands on f32 FMAs, where `VDPBF16PS` is the slower: see
+/// `bf16.rs`, which times both once), or why it cannot run here. What featurize records.
+pub fn kernels(dtype: &str) -> Result<String, String> {
+    let cpu = CpuFeatures::detect();
+    let path = cpu.path(dtype)?;
+    match crate::bf16::kernel() {
+        Some(k) if dtype == "bf16" => Ok(format!("bf16 {}", k.name())),
+        _ => Ok(path),
     }
 }
 
@@ -149,11 +175,13 @@ mod tests {
     fn detection_agrees_with_the_kernel_and_names_the_paths() {
         let f = CpuFeatures::detect();
         eprintln!(
-            "CPU features: {}; f32 path: {}; bf16 unit: {}",
+            "CPU features: {}; f32 path: {}; bf16 path: {}",
             f.line(),
             f.f32_path(),
-            f.bf16_unit().unwrap_or("none (bf16 CPU paths skipped)")
+            f.bf16_path().unwrap_or("none (bf16 CPU paths skipped)")
         );
+        // The kernels' own check agrees with the path named.
+        assert_eq!(f.bf16_path().is_some(), crate::bf16::available());
         if let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") {
             if let Some(flags) = info.lines().find(|l| l.starts_with("flags")) {
                 let has = |f: &str| flags.split_whitespace().any(|x| x == f);
@@ -174,10 +202,12 @@ mod tests {
         assert_eq!(none.bf16_refusal("f32"), None);
         let e = none.bf16_refusal("bf16").unwrap();
         assert!(
-            e.contains("needs AMX-BF16 or AVX512-BF16")
+            e.contains("needs AVX512-BF16")
                 && e.contains("avx2+fma -avx512f -avx512-bf16 -amx-bf16"),
             "{e}"
         );
+        assert_eq!(none.path("f32").unwrap(), "f32 avx2+fma");
+        assert!(none.path("bf16").is_err());
         let amx = CpuFeatures {
             avx2_fma: true,
             avx512f: true,
@@ -186,17 +216,25 @@ mod tests {
         };
         assert_eq!(amx.bf16_unit(), Some("amx-bf16"));
         assert_eq!(amx.f32_path(), "avx512f");
-        let e = amx.bf16_refusal("bf16").unwrap();
+        // AMX is not used yet: its CPUs run the AVX512-BF16 kernels.
+        assert_eq!(amx.bf16_refusal("bf16"), None);
+        assert_eq!(amx.path("bf16").unwrap(), "bf16 avx512-bf16");
+        let e = amx.bf16_refusal("f16").unwrap();
         assert!(
-            e.contains("no bf16 CPU kernels yet (this CPU has amx-bf16"),
+            e.contains("dtype f16 on the CPU: the CPU's reduced precision is bf16"),
             "{e}"
         );
-        let e = amx.bf16_refusal("f16").unwrap();
-        assert!(e.contains("dtype f16 on the CPU"), "{e}");
         let zen4 = CpuFeatures {
             amx_bf16: false,
             ..amx
         };
         assert_eq!(zen4.bf16_unit(), Some("avx512-bf16"));
+        assert_eq!(zen4.path("bf16").unwrap(), "bf16 avx512-bf16");
+        // AVX512-BF16 without AVX512-F does not exist; the kernels need both.
+        let odd = CpuFeatures {
+            avx512f: false,
+            ..zen4
+        };
+        assert!(odd.path("bf16").is_err());
     }
 }

@@ -27,9 +27,9 @@
 //! MEAN_RGB/STDDEV_RGB), which is the normalisation featurize applies for this backbone.
 
 use crate::conv::{Activation, Conv, PadMode};
+use crate::dense::Dense;
 use crate::weights::{WeightMap, WeightsError};
 use candle_core::{Module, Result, Tensor};
-use candle_nn::Linear;
 
 /// The layer a forward pass stops at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -226,7 +226,7 @@ pub struct EfficientNetLite {
     stem: Conv,
     blocks: Vec<MbConv>,
     head: Conv,
-    fc: Linear,
+    fc: Dense,
     pub config: LiteConfig,
 }
 
@@ -319,11 +319,26 @@ impl EfficientNetLite {
                 stem,
                 blocks,
                 head,
-                fc: Linear::new(fw, Some(fb)),
+                fc: Dense::new(fw, Some(fb)),
                 config,
             }),
             _ => unreachable!("finish() reports every missing tensor"),
         }
+    }
+
+    /// Runs every dense convolution's and the linear layer's products in bf16 on the CPU
+    /// (see [`Conv::to_bf16`]; the depthwise convolutions stay f32).
+    pub fn to_bf16(&mut self) -> Result<()> {
+        self.stem.to_bf16()?;
+        for b in &mut self.blocks {
+            if let Some(e) = &mut b.expand {
+                e.to_bf16()?;
+            }
+            b.depthwise.to_bf16()?;
+            b.project.to_bf16()?;
+        }
+        self.head.to_bf16()?;
+        self.fc.to_bf16()
     }
 
     /// Runs `[N, 3, H, W]` (scaled `(x - 127) / 128`) up to `layer`.

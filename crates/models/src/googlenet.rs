@@ -22,9 +22,9 @@
 //! the input is padded by replicating its edges, which is exact for a maximum.
 
 use crate::conv::{Activation, Conv, PadMode, Padding};
+use crate::dense::Dense;
 use crate::weights::{WeightMap, WeightsError};
 use candle_core::{Module, Result, Tensor};
-use candle_nn::Linear;
 
 /// The layer a forward pass stops at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -179,7 +179,7 @@ pub struct GoogLeNet {
     conv2: BasicConv,
     conv3: BasicConv,
     blocks: Vec<Inception>,
-    fc: Linear,
+    fc: Dense,
     pub config: GoogLeNetConfig,
 }
 
@@ -215,12 +215,28 @@ impl GoogLeNet {
                     conv2,
                     conv3,
                     blocks,
-                    fc: Linear::new(fw, Some(fb)),
+                    fc: Dense::new(fw, Some(fb)),
                     config,
                 })
             }
             _ => unreachable!("finish() reports every missing tensor"),
         }
+    }
+
+    /// Runs every convolution's and the linear layer's products in bf16 on the CPU (see
+    /// [`Conv::to_bf16`]).
+    pub fn to_bf16(&mut self) -> Result<()> {
+        for c in [&mut self.conv1, &mut self.conv2, &mut self.conv3] {
+            c.0.to_bf16()?;
+        }
+        for b in &mut self.blocks {
+            let [b2a, b2b] = &mut b.b2;
+            let [b3a, b3b] = &mut b.b3;
+            for c in [&mut b.b1, b2a, b2b, b3a, b3b, &mut b.b4] {
+                c.0.to_bf16()?;
+            }
+        }
+        self.fc.to_bf16()
     }
 
     /// Runs `[N, 3, H, W]` (normalised with ImageNet mean/std) up to `layer`.

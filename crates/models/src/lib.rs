@@ -9,11 +9,13 @@
 //! Architecture invariant: no datasets, no stage: tensors in, tensors out.
 
 pub mod backbone;
+mod bf16;
 pub mod card;
 pub mod checkpoint;
 pub mod cnn_trainer;
 pub mod conv;
 pub mod cpu;
+pub mod dense;
 pub mod efficientnet;
 pub mod geocells;
 pub mod googlenet;

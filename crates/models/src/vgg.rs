@@ -15,9 +15,9 @@
 //! RGB / 255, ImageNet mean and std). Dropout is the identity at inference.
 
 use crate::conv::{Activation, Conv, PadMode, Padding};
+use crate::dense::Dense;
 use crate::weights::{WeightMap, WeightsError};
 use candle_core::{Module, Result, Tensor, D};
-use candle_nn::Linear;
 
 /// The layer a forward pass stops at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -102,23 +102,23 @@ impl VggConfig {
 const TRUNK_BATCH: usize = 4;
 
 enum Stage {
-    Conv(Conv),
+    Conv(Box<Conv>),
     Pool,
 }
 
 /// A loaded VGG16.
 pub struct Vgg {
     stages: Vec<Stage>,
-    fc6: Linear,
-    fc7: Linear,
-    fc8: Linear,
+    fc6: Dense,
+    fc7: Dense,
+    fc8: Dense,
     pub config: VggConfig,
 }
 
-fn linear(w: &mut WeightMap, name: &str, i: usize, o: usize) -> Option<Linear> {
+fn linear(w: &mut WeightMap, name: &str, i: usize, o: usize) -> Option<Dense> {
     let weight = w.get(&format!("{name}.weight"), &[o, i]);
     let bias = w.get(&format!("{name}.bias"), &[o]);
-    Some(Linear::new(weight?, Some(bias?)))
+    Some(Dense::new(weight?, Some(bias?)))
 }
 
 impl Vgg {
@@ -148,7 +148,7 @@ impl Vgg {
                         _ => None,
                     };
                     match conv {
-                        Some(c) => stages.push(Stage::Conv(c)),
+                        Some(c) => stages.push(Stage::Conv(Box::new(c))),
                         None => complete = false,
                     }
                     cin = *c;
@@ -175,6 +175,20 @@ impl Vgg {
             }),
             _ => unreachable!("finish() reports every missing tensor"),
         }
+    }
+
+    /// Runs every convolution's and linear layer's products in bf16 on the CPU (see
+    /// [`Conv::to_bf16`]).
+    pub fn to_bf16(&mut self) -> Result<()> {
+        for s in &mut self.stages {
+            if let Stage::Conv(c) = s {
+                c.to_bf16()?;
+            }
+        }
+        for fc in [&mut self.fc6, &mut self.fc7, &mut self.fc8] {
+            fc.to_bf16()?;
+        }
+        Ok(())
     }
 
     /// The convolutions, pools and the adaptive pool to 7x7, flattened.

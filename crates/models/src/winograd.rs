@@ -18,6 +18,7 @@
 //! band is transformed, multiplied and transformed back by one thread with the band's
 //! buffers in its cache, and the bands run in parallel on rayon's pool.
 
+use crate::bf16::{self, PackedA};
 use crate::conv::{Activation, Padding};
 use rayon::prelude::*;
 
@@ -40,6 +41,8 @@ pub(crate) struct Winograd {
     u: Vec<f32>,
     cout: usize,
     cin: usize,
+    /// `U[ξ]` rounded to bf16 and packed, when the products run in bf16.
+    bf16: Option<Vec<PackedA>>,
 }
 
 /// The output pointer shared by the bands, which write disjoint tiles of it.
@@ -81,7 +84,26 @@ impl Winograd {
                 }
             }
         }
-        Winograd { u, cout, cin }
+        Winograd {
+            u,
+            cout,
+            cin,
+            bf16: None,
+        }
+    }
+
+    /// The same weights, the 16 products to run in bf16 ([`crate::bf16`]; the caller checks
+    /// that the CPU has it). The transforms stay f32: the weights are transformed first, then
+    /// rounded, so bf16 rounds each product's operands once, as im2col's.
+    pub(crate) fn with_bf16(mut self) -> Self {
+        let plane = self.cout * self.cin;
+        self.bf16 = Some(
+            self.u
+                .chunks_exact(plane)
+                .map(|u| PackedA::new(u, self.cout, self.cin))
+                .collect(),
+        );
+        self
     }
 
     /// Input channels.
@@ -191,6 +213,15 @@ impl Winograd {
         let mut scratch = vec![0.0f32; 16 * (geo.tx_n + 1)];
         self.input_band(x, geo, tile_rows.clone(), &mut scratch, v);
         for xi in 0..16 {
+            if let Some(u) = &self.bf16 {
+                let b = bf16::B::Rows {
+                    ptr: v[xi * cin * t..].as_ptr(),
+                    rs: t,
+                };
+                // SAFETY: as below; `to_bf16`'s caller checked the CPU.
+                unsafe { bf16::gemm(&u[xi], b, t, m.as_mut_ptr().add(xi * cout * t), t, false) };
+                continue;
+            }
             // SAFETY: U[ξ] is [cout, cin], V[ξ] [cin, t] and M[ξ] [cout, t], all
             // row-major and within their buffers.
             unsafe {
