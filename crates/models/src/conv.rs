@@ -484,36 +484,112 @@ impl CpuConv<'_> {
         }
     }
 
-    /// One channel plane of a depthwise convolution.
+    /// One channel plane of a depthwise convolution, compiled for the widest vectors this
+    /// CPU has (AVX-512F, else AVX2 with FMA, detected at run time; std caches the answer)
+    /// where the output rows are long enough to fill them: the inner loops are plain
+    /// element-wise arithmetic, which the compiler vectorises to the width it is allowed.
+    /// Rows shorter than a vector keep the baseline build, which was faster on them
+    /// (`examples/depthwise.rs`: Lite0's 7x7 and 14x14 layers).
     fn depthwise_plane(&self, x: &[f32], h: usize, w: usize, ch: usize, y: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let ow = self.out_size(h, w).1;
+            if ow >= 16 && std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512F (checked).
+                return unsafe { self.depthwise_plane_avx512(x, h, w, ch, y) };
+            }
+            if ow >= 8
+                && std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                // SAFETY: the CPU has AVX2 and FMA (checked).
+                return unsafe { self.depthwise_plane_avx2(x, h, w, ch, y) };
+            }
+        }
+        self.depthwise_plane_any(x, h, w, ch, y)
+    }
+
+    /// # Safety
+    /// The CPU must have AVX-512F.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn depthwise_plane_avx512(
+        &self,
+        x: &[f32],
+        h: usize,
+        w: usize,
+        ch: usize,
+        y: &mut [f32],
+    ) {
+        self.depthwise_plane_any(x, h, w, ch, y)
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2 and FMA.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn depthwise_plane_avx2(&self, x: &[f32], h: usize, w: usize, ch: usize, y: &mut [f32]) {
+        self.depthwise_plane_any(x, h, w, ch, y)
+    }
+
+    /// [`Self::depthwise_plane`]'s body. Stride 2 reads the padded plane split into its even
+    /// and odd columns, so every inner loop is over contiguous slices.
+    #[inline(always)]
+    fn depthwise_plane_any(&self, x: &[f32], h: usize, w: usize, ch: usize, y: &mut [f32]) {
         let (oh, ow) = self.out_size(h, w);
         let (k, s) = (self.k, self.stride);
         let (ph, pw) = (
             h + self.pad.top + self.pad.bottom,
             w + self.pad.left + self.pad.right,
         );
-        // The plane with its padding, so the inner loops have no bounds to check.
+        // The plane with its padding, so the inner loops have no bounds to check; for
+        // stride 2, each row as its even columns then its odd ones.
         let mut padded = vec![0.0f32; ph * pw];
         for iy in 0..h {
             let d = (iy + self.pad.top) * pw + self.pad.left;
             padded[d..d + w].copy_from_slice(&x[iy * w..(iy + 1) * w]);
         }
+        let half = pw.div_ceil(2);
+        if s == 2 {
+            let mut split = vec![0.0f32; ph * 2 * half];
+            for (row, dst) in padded
+                .chunks_exact(pw)
+                .zip(split.chunks_exact_mut(2 * half))
+            {
+                let (even, odd) = dst.split_at_mut(half);
+                for (i, v) in row.iter().enumerate() {
+                    if i % 2 == 0 {
+                        even[i / 2] = *v;
+                    } else {
+                        odd[i / 2] = *v;
+                    }
+                }
+            }
+            padded = split;
+        }
+        let row_len = if s == 2 { 2 * half } else { pw };
         let wk = &self.weight[ch * k * k..(ch + 1) * k * k];
         y.fill(self.bias[ch]);
         for oy in 0..oh {
             let out = &mut y[oy * ow..(oy + 1) * ow];
             for ki in 0..k {
-                let src = &padded[(oy * s + ki) * pw..(oy * s + ki + 1) * pw];
+                let src = &padded[(oy * s + ki) * row_len..(oy * s + ki + 1) * row_len];
                 for kj in 0..k {
                     let wv = wk[ki * k + kj];
-                    if s == 1 {
-                        for (o, v) in out.iter_mut().zip(&src[kj..kj + ow]) {
-                            *o += wv * v;
+                    // Input column ox*s + kj: for stride 2, column ox + kj/2 of the even
+                    // (kj even) or odd (kj odd) half.
+                    let from = match s {
+                        1 => kj,
+                        2 => (kj % 2) * half + kj / 2,
+                        _ => {
+                            for (ox, o) in out.iter_mut().enumerate() {
+                                *o += wv * src[ox * s + kj];
+                            }
+                            continue;
                         }
-                    } else {
-                        for (ox, o) in out.iter_mut().enumerate() {
-                            *o += wv * src[ox * s + kj];
-                        }
+                    };
+                    for (o, v) in out.iter_mut().zip(&src[from..from + ow]) {
+                        *o += wv * v;
                     }
                 }
             }
