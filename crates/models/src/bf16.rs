@@ -18,8 +18,8 @@
 //!
 //! Two kernels compute the same products (the same values: each bf16 product is exact in
 //! f32, and both add them in the same order with f32 rounding):
-//! - [`Kernel::Dot`]: `VDPBF16PS`, where it is fast (AMD Zen 4: twice an f32 FMA's
-//!   multiplications per cycle);
+//! - [`Kernel::Dot`]: `VDPBF16PS`, where it is fast (where it issues as often as an FMA, it
+//!   does twice the multiplications);
 //! - [`Kernel::Widened`]: the bf16 operands widened back to f32 (a shift or a mask: bf16 is
 //!   the top half of an f32) and multiplied by ordinary FMAs, where `VDPBF16PS` is slow.
 //!   Intel's Sapphire and Emerald Rapids issue it once every 2.3 cycles against 1.85 FMAs a
