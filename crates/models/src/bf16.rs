@@ -31,6 +31,7 @@
 //! whether this CPU has AVX512-F, -BW and -BF16 (the widened kernel needs only AVX512-F, but
 //! one bf16 path needs one check). Callers must check it; the entry points assert it.
 
+use crate::winograd::Out;
 use rayon::prelude::*;
 
 /// Rows of A per micro-tile.
@@ -225,19 +226,6 @@ pub(crate) fn pair_rows(x: &[f32], n: usize, k: usize) -> Vec<u32> {
             }
         });
     out
-}
-
-/// The output pointer shared by parallel calls, which write disjoint blocks of it.
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-// SAFETY: see `gemm_par`: every task writes its own rows or columns.
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
-
-impl Out {
-    fn at(self, offset: usize) -> *mut f32 {
-        self.0.wrapping_add(offset)
-    }
 }
 
 thread_local! {
@@ -518,6 +506,64 @@ mod x86 {
         }
     }
 
+    /// The lanes of vector `v` of a row of `V` vectors that lie in the product: all but the
+    /// last vector's, which `mask` trims.
+    #[inline(always)]
+    fn lanes<const V: usize>(v: usize, mask: __mmask16) -> __mmask16 {
+        if v + 1 == V {
+            mask
+        } else {
+            0xffff
+        }
+    }
+
+    /// An MR x V*16 tile of `c` (rows `ldc` apart, the last vector of each row masked), or
+    /// zeros when not `load`.
+    ///
+    /// # Safety
+    /// `c` must hold the tile.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load_tile<const V: usize>(
+        c: *const f32,
+        ldc: usize,
+        mask: __mmask16,
+        load: bool,
+    ) -> [[__m512; V]; MR] {
+        let mut acc = [[_mm512_setzero_ps(); V]; MR];
+        if load {
+            for (r, row) in acc.iter_mut().enumerate() {
+                for (v, x) in row.iter_mut().enumerate() {
+                    let at = c.wrapping_add(r * ldc + 16 * v);
+                    // SAFETY: the tile lies in c (caller).
+                    *x = unsafe { _mm512_maskz_loadu_ps(lanes::<V>(v, mask), at) };
+                }
+            }
+        }
+        acc
+    }
+
+    /// Writes a tile back where [`load_tile`] read it.
+    ///
+    /// # Safety
+    /// As [`load_tile`].
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn store_tile<const V: usize>(
+        acc: &[[__m512; V]; MR],
+        c: *mut f32,
+        ldc: usize,
+        mask: __mmask16,
+    ) {
+        for (r, row) in acc.iter().enumerate() {
+            for (v, x) in row.iter().enumerate() {
+                let at = c.wrapping_add(r * ldc + 16 * v);
+                // SAFETY: the tile lies in c (caller).
+                unsafe { _mm512_mask_storeu_ps(at, lanes::<V>(v, mask), *x) };
+            }
+        }
+    }
+
     /// `c[MR, V*16] += a[kq pairs][MR] @ b[kq pairs][NR]` (or `=` when not `load`), the
     /// last vector of each row masked by `mask`.
     #[allow(clippy::too_many_arguments)]
@@ -532,16 +578,8 @@ mod x86 {
         mask: __mmask16,
         load: bool,
     ) {
-        let m = |v: usize| if v + 1 == V { mask } else { 0xffff };
-        let mut acc = [[_mm512_setzero_ps(); V]; MR];
-        if load {
-            for (r, row) in acc.iter_mut().enumerate() {
-                for (v, x) in row.iter_mut().enumerate() {
-                    // SAFETY: c holds MR rows of V*16 columns, the last masked.
-                    *x = unsafe { _mm512_maskz_loadu_ps(m(v), c.add(r * ldc + 16 * v)) };
-                }
-            }
-        }
+        // SAFETY: c holds MR rows of V*16 columns `ldc` apart (caller).
+        let mut acc = unsafe { load_tile::<V>(c, ldc, mask, load) };
         for q in 0..kq {
             // SAFETY: b holds kq rows of NR words, a kq rows of MR words.
             let bv: [__m512bh; V] = std::array::from_fn(|v| unsafe {
@@ -557,12 +595,8 @@ mod x86 {
                 }
             }
         }
-        for (r, row) in acc.iter().enumerate() {
-            for (v, x) in row.iter().enumerate() {
-                // SAFETY: as the loads.
-                unsafe { _mm512_mask_storeu_ps(c.add(r * ldc + 16 * v), m(v), *x) };
-            }
-        }
+        // SAFETY: as the load.
+        unsafe { store_tile(&acc, c, ldc, mask) };
     }
 
     /// [`micro`] with the bf16 pairs widened to f32 and multiplied by FMAs: A from `aw`,
@@ -581,17 +615,9 @@ mod x86 {
         mask: __mmask16,
         load: bool,
     ) {
-        let m = |v: usize| if v + 1 == V { mask } else { 0xffff };
         let high = _mm512_set1_epi32(0xffff_0000u32 as i32);
-        let mut acc = [[_mm512_setzero_ps(); V]; MR];
-        if load {
-            for (r, row) in acc.iter_mut().enumerate() {
-                for (v, x) in row.iter_mut().enumerate() {
-                    // SAFETY: c holds MR rows of V*16 columns, the last masked.
-                    *x = unsafe { _mm512_maskz_loadu_ps(m(v), c.add(r * ldc + 16 * v)) };
-                }
-            }
-        }
+        // SAFETY: c holds MR rows of V*16 columns `ldc` apart (caller).
+        let mut acc = unsafe { load_tile::<V>(c, ldc, mask, load) };
         for q in 0..kq {
             // SAFETY: b holds kq rows of NR words.
             let w: [__m512i; V] = std::array::from_fn(|v| unsafe {
@@ -615,30 +641,15 @@ mod x86 {
                 }
             }
         }
-        for (r, row) in acc.iter().enumerate() {
-            for (v, x) in row.iter().enumerate() {
-                // SAFETY: as the loads.
-                unsafe { _mm512_mask_storeu_ps(c.add(r * ldc + 16 * v), m(v), *x) };
-            }
-        }
+        // SAFETY: as the load.
+        unsafe { store_tile(&acc, c, ldc, mask) };
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn seq(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-            })
-            .collect()
-    }
+    use crate::conv::tests::seq;
 
     #[test]
     fn rounding_is_to_nearest_even() {

@@ -666,11 +666,12 @@ impl CustomOp1 for CpuConv<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use candle_core::Device;
 
-    fn seq(n: usize, seed: u64) -> Vec<f32> {
+    /// `n` deterministic values in [-0.5, 0.5) (a linear congruential sequence).
+    pub(crate) fn seq(n: usize, seed: u64) -> Vec<f32> {
         let mut s = seed;
         (0..n)
             .map(|_| {

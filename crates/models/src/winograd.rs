@@ -45,16 +45,18 @@ pub(crate) struct Winograd {
     bf16: Option<Vec<PackedA>>,
 }
 
-/// The output pointer shared by the bands, which write disjoint tiles of it.
+/// An output pointer shared by parallel tasks that write disjoint parts of it: Winograd's
+/// bands (their own tile rows, see `forward`) and `bf16::gemm_par`'s tasks (their own rows or
+/// columns). Each user keeps the parts disjoint.
 #[derive(Clone, Copy)]
-struct Out(*mut f32);
-// SAFETY: every band writes only the output rows of its own tile rows (see `forward`).
+pub(crate) struct Out(pub(crate) *mut f32);
+// SAFETY: the users write disjoint parts only (above).
 unsafe impl Send for Out {}
 unsafe impl Sync for Out {}
 
 impl Out {
     /// The pointer (a method, so closures capture the whole `Out`, which is `Sync`).
-    fn at(self, offset: usize) -> *mut f32 {
+    pub(crate) fn at(self, offset: usize) -> *mut f32 {
         self.0.wrapping_add(offset)
     }
 }
