@@ -93,7 +93,7 @@ pub fn kernel() -> Option<Kernel> {
             _ => {}
         }
         let (m, k, n) = (64, 512, 192);
-        let a = PackedA::new(&vec![0.5; m * k], m, k);
+        let a = PackedA::pairs(&vec![0.5; m * k], m, k).with_wide();
         let b = vec![0.25f32; k * n];
         let mut c = vec![0f32; m * n];
         let mut time = |kernel| {
@@ -154,10 +154,14 @@ fn pair(lo: f32, hi: f32) -> u32 {
 
 /// The left operand `[m, k]` of [`gemm`] (a layer's weights), rounded to bf16 and packed
 /// once: panels of [`MR`] rows, each `[pairs of k][MR]` words of two bf16 (zero past `m`
-/// and `k`).
+/// and `k`), and for [`Kernel::Widened`] the same values widened to f32 once, here, rather
+/// than on every product.
 #[derive(Debug, Clone)]
 pub(crate) struct PackedA {
     words: Vec<u32>,
+    /// `words` as f32, `[panel][pair][MR][low, high]`: [`Kernel::Widened`]'s operand (empty
+    /// where this process runs [`Kernel::Dot`]).
+    wide: Vec<f32>,
     m: usize,
     k: usize,
     /// Pairs of k: `ceil(k / 2)`.
@@ -165,8 +169,17 @@ pub(crate) struct PackedA {
 }
 
 impl PackedA {
-    /// Packs a row-major `[m, k]` f32 matrix.
+    /// Packs a row-major `[m, k]` f32 matrix for this process's [`kernel`].
     pub(crate) fn new(a: &[f32], m: usize, k: usize) -> Self {
+        let packed = PackedA::pairs(a, m, k);
+        match kernel() {
+            Some(Kernel::Widened) => packed.with_wide(),
+            _ => packed,
+        }
+    }
+
+    /// The bf16 pairs alone ([`Kernel::Dot`]'s operand).
+    fn pairs(a: &[f32], m: usize, k: usize) -> Self {
         assert_eq!(a.len(), m * k, "an [m, k] matrix");
         let kp = k.div_ceil(2);
         let panels = m.div_ceil(MR);
@@ -180,7 +193,23 @@ impl PackedA {
                 }
             }
         }
-        PackedA { words, m, k, kp }
+        PackedA {
+            words,
+            wide: Vec::new(),
+            m,
+            k,
+            kp,
+        }
+    }
+
+    /// With [`Kernel::Widened`]'s f32 copy too.
+    fn with_wide(mut self) -> Self {
+        self.wide = self
+            .words
+            .iter()
+            .flat_map(|&w| [f32::from_bits(w << 16), f32::from_bits(w & 0xffff_0000)])
+            .collect();
+        self
     }
 
     /// Rows.
@@ -230,9 +259,8 @@ pub(crate) fn pair_rows(x: &[f32], n: usize, k: usize) -> Vec<u32> {
 }
 
 thread_local! {
-    /// Each thread's packed panel of B and (widened kernel) block of A, kept between calls.
-    static PANEL: std::cell::RefCell<(Vec<u32>, Vec<f32>)> =
-        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+    /// Each thread's packed panel of B, kept between calls.
+    static PANEL: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// `c[m, n] (+)= a @ b` on this thread: `c` row-major with rows `ldc` apart, added to when
@@ -315,21 +343,17 @@ unsafe fn drive(
     accumulate: bool,
 ) {
     #[cfg(target_arch = "x86_64")]
-    PANEL.with(|bufs| {
-        let (buf, wide) = &mut *bufs.borrow_mut();
+    PANEL.with(|buf| {
+        let mut buf = buf.borrow_mut();
         if buf.len() < KC * NR {
             buf.resize(KC * NR, 0);
         }
-        let need = if kernel == Kernel::Widened {
-            panels.len() * KC * MR * 2
-        } else {
-            0
-        };
-        if wide.len() < need {
-            wide.resize(need, 0.0);
-        }
+        assert!(
+            kernel == Kernel::Dot || a.wide.len() == 2 * a.words.len(),
+            "the widened kernel needs PackedA's f32 copy"
+        );
         // SAFETY: forwarded; the CPU has the features (checked by the entry points).
-        unsafe { x86::drive(kernel, a, panels, b, cols, c, ldc, accumulate, buf, wide) }
+        unsafe { x86::drive(kernel, a, panels, b, cols, c, ldc, accumulate, &mut buf) }
     });
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -356,24 +380,11 @@ mod x86 {
         ldc: usize,
         accumulate: bool,
         buf: &mut [u32],
-        wide: &mut [f32],
     ) {
         let kp = a.kp;
         let mut tile = [0f32; MR * NR];
         for q0 in (0..kp).step_by(KC) {
             let kq = KC.min(kp - q0);
-            if kernel == Kernel::Widened {
-                // This block of A's panels widened to f32, [panel][kq][MR][2], once for
-                // every column panel that follows.
-                for (i, p) in panels.clone().enumerate() {
-                    let src = &a.words[(p * kp + q0) * MR..(p * kp + q0 + kq) * MR];
-                    let dst = &mut wide[i * KC * MR * 2..];
-                    for (j, &w) in src.iter().enumerate() {
-                        dst[2 * j] = f32::from_bits(w << 16);
-                        dst[2 * j + 1] = f32::from_bits(w & 0xffff_0000);
-                    }
-                }
-            }
             // The first block of the depth starts from zero unless adding to c.
             let load = accumulate || q0 > 0;
             let mut j0 = cols.start;
@@ -386,10 +397,10 @@ mod x86 {
                     0 => 0xffff,
                     r => (1u16 << r) - 1,
                 };
-                for (i, p) in panels.clone().enumerate() {
+                for p in panels.clone() {
                     let rows = MR.min(a.m - p * MR);
                     let ap = a.words.as_ptr().wrapping_add((p * kp + q0) * MR);
-                    let aw = wide.as_ptr().wrapping_add(i * KC * MR * 2);
+                    let aw = a.wide.as_ptr().wrapping_add((p * kp + q0) * MR * 2);
                     let cp = c.wrapping_add(p * MR * ldc + j0);
                     // Full panels work on c; the last, short one on a tile copy of its rows.
                     let (dst, ld) = if rows == MR {
@@ -601,7 +612,7 @@ mod x86 {
     }
 
     /// [`micro`] with the bf16 pairs widened to f32 and multiplied by FMAs: A from `aw`,
-    /// `[kq][MR][2]` f32 (see `drive`), B's words split into their two halves here. Each
+    /// `[kq][MR][2]` f32 (`PackedA`'s copy), B's words split into their two halves here. Each
     /// pair's high product is added first, then its low one, as Intel's `VDPBF16PS` does (the
     /// tests check the two kernels agree bit for bit on Intel CPUs).
     #[allow(clippy::too_many_arguments)]
@@ -697,7 +708,7 @@ mod tests {
             let a = seq(m * k, 1 + m as u64);
             let b = seq(k * n, 2 + n as u64);
             let init = seq(m * n, 3);
-            let pa = PackedA::new(&a, m, k);
+            let pa = PackedA::pairs(&a, m, k).with_wide();
             let exact = |i: usize, j: usize| -> f64 {
                 (0..k)
                     .map(|t| round_bf16(a[i * k + t]) as f64 * round_bf16(b[t * n + j]) as f64)
@@ -830,7 +841,7 @@ mod speed {
             let a: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
             let b: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 * 0.1).collect();
             let mut c = vec![0f32; m * n];
-            let pa = PackedA::new(&a, m, k);
+            let pa = PackedA::pairs(&a, m, k).with_wide();
             let flop = 2.0 * (m * k * n) as f64;
             let best = |f: &mut dyn FnMut()| {
                 (0..5)
