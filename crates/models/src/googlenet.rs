@@ -23,6 +23,7 @@
 
 use crate::conv::{Activation, Conv, PadMode, Padding};
 use crate::dense::Dense;
+pub use crate::pool::{max_pool, max_pool_ceil};
 use crate::weights::{WeightMap, WeightsError};
 use candle_core::{Module, Result, Tensor};
 
@@ -278,116 +279,4 @@ fn transform_input(x: &Tensor) -> Result<Tensor> {
     let scale = Tensor::from_vec(scale, (1, 3, 1, 1), dev)?.to_dtype(x.dtype())?;
     let shift = Tensor::from_vec(shift, (1, 3, 1, 1), dev)?.to_dtype(x.dtype())?;
     x.broadcast_mul(&scale)?.broadcast_add(&shift)
-}
-
-/// PyTorch's `MaxPool2d(k, stride, padding, ceil_mode=True)`. Output size per side:
-/// `ceil((n + 2p - k) / s) + 1`, less one when the last window would start in the right
-/// padding. Windows are clipped to the input, which equals PyTorch's -inf padding (each
-/// window holds at least one real element). On the CPU in f32 the planes are pooled in
-/// parallel (candle's max-pool is single-threaded); elsewhere the input is padded by
-/// replicating its edges (exact for a maximum) and candle pools it.
-pub fn max_pool_ceil(x: &Tensor, k: usize, s: usize, p: usize) -> Result<Tensor> {
-    max_pool(x, k, s, p, true)
-}
-
-/// PyTorch's `MaxPool2d(k, stride, padding, ceil_mode)`; see [`max_pool_ceil`]. In floor
-/// mode the output is `floor((n + 2p - k) / s) + 1` per side.
-pub fn max_pool(x: &Tensor, k: usize, s: usize, p: usize, ceil: bool) -> Result<Tensor> {
-    let (_, _, h, w) = x.dims4()?;
-    if h + 2 * p < k || w + 2 * p < k {
-        candle_core::bail!("max-pool: {h}x{w} input smaller than the {k}x{k} window");
-    }
-    let out = |n: usize| -> usize {
-        if !ceil {
-            return (n + 2 * p - k) / s + 1;
-        }
-        let mut o = (n + 2 * p).saturating_sub(k).div_ceil(s) + 1;
-        if (o - 1) * s >= n + p {
-            o -= 1;
-        }
-        o
-    };
-    let (oh, ow) = (out(h), out(w));
-    if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
-        let x = x.contiguous()?;
-        return x.apply_op1_no_bwd(&MaxPoolCeil { k, s, p, oh, ow });
-    }
-    let need_h = (oh - 1) * s + k;
-    let need_w = (ow - 1) * s + k;
-    let x = x.pad_with_same(2, p, need_h.saturating_sub(h + p))?;
-    let x = x.pad_with_same(3, p, need_w.saturating_sub(w + p))?;
-    x.max_pool2d_with_stride(k, s)
-}
-
-struct MaxPoolCeil {
-    k: usize,
-    s: usize,
-    p: usize,
-    oh: usize,
-    ow: usize,
-}
-
-impl candle_core::CustomOp1 for MaxPoolCeil {
-    fn name(&self) -> &'static str {
-        "geoloc-max-pool-ceil"
-    }
-
-    fn cpu_fwd(
-        &self,
-        storage: &candle_core::CpuStorage,
-        layout: &candle_core::Layout,
-    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        use rayon::prelude::*;
-        let (b, c, h, w) = layout.shape().dims4()?;
-        let x = match (storage, layout.contiguous_offsets()) {
-            (candle_core::CpuStorage::F32(v), Some((a, z))) => &v[a..z],
-            _ => candle_core::bail!("max_pool_ceil takes contiguous f32"),
-        };
-        let (k, s, p, oh, ow) = (self.k, self.s, self.p, self.oh, self.ow);
-        // Each output column's input window, clipped to the input.
-        let span = |o: usize, n: usize| {
-            let lo = (o * s).saturating_sub(p);
-            let hi = (o * s + k).saturating_sub(p).min(n);
-            lo..hi
-        };
-        let cols: Vec<std::ops::Range<usize>> = (0..ow).map(|o| span(o, w)).collect();
-        // Separable: per output row, the maximum down the window's input rows (whole rows
-        // at a time, which vectorises), then across each output column's window of that.
-        // `if v > m` rather than `f32::max`: the same result here (NaN is skipped either way,
-        // every window starts from -inf), without the NaN handling that keeps `max` scalar.
-        #[inline(always)]
-        fn greater(m: f32, v: f32) -> f32 {
-            if v > m {
-                v
-            } else {
-                m
-            }
-        }
-        let mut y = vec![0f32; b * c * oh * ow];
-        y.par_chunks_mut(oh * ow)
-            .zip(x.par_chunks(h * w))
-            .for_each_init(
-                || vec![f32::NEG_INFINITY; w],
-                |down, (out, plane)| {
-                    for oy in 0..oh {
-                        down.fill(f32::NEG_INFINITY);
-                        for iy in span(oy, h) {
-                            for (d, v) in down.iter_mut().zip(&plane[iy * w..(iy + 1) * w]) {
-                                *d = greater(*d, *v);
-                            }
-                        }
-                        let row = &mut out[oy * ow..(oy + 1) * ow];
-                        for (o, cr) in row.iter_mut().zip(&cols) {
-                            *o = down[cr.clone()]
-                                .iter()
-                                .fold(f32::NEG_INFINITY, |m, v| greater(m, *v));
-                        }
-                    }
-                },
-            );
-        Ok((
-            candle_core::CpuStorage::F32(y),
-            candle_core::Shape::from((b, c, oh, ow)),
-        ))
-    }
 }

@@ -22,6 +22,7 @@ pub mod googlenet;
 pub mod heads;
 pub mod optim;
 pub mod pickle_guard;
+mod pool;
 pub mod predict;
 pub mod retrieval;
 pub mod trainer;

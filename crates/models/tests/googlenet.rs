@@ -112,30 +112,41 @@ fn full_width_googlenet_takes_torchvisions_tensors_and_ignores_aux_heads() {
 }
 
 /// The parallel CPU max-pool equals the padded candle path (taken for other dtypes, here
-/// f64) in both modes, on odd sizes, with and without padding.
+/// f64) in both modes, on odd sizes, with and without padding, on rows narrower than a
+/// vector (11) and rows that take the AVX2 (19) and AVX-512 (37, 56) builds where the CPU
+/// has them, at strides 1, 2 and 3.
 #[test]
 fn cpu_max_pool_matches_the_candle_path() {
+    for (h, w) in [(13, 11), (9, 19), (7, 37), (6, 56)] {
+        let n = 2 * 3 * h * w;
+        let v: Vec<f32> = (0..n).map(|i| ((i * 7919) % 113) as f32 - 50.0).collect();
+        let x = Tensor::from_vec(v, (2, 3, h, w), &Device::Cpu).unwrap();
+        pool_cases(&x, &format!("{h}x{w}"));
+    }
+}
+
+fn pool_cases(x: &Tensor, size: &str) {
     use geoloc_models::googlenet::max_pool;
-    let n = 2 * 3 * 13 * 11;
-    let v: Vec<f32> = (0..n).map(|i| ((i * 7919) % 113) as f32 - 50.0).collect();
-    let x = Tensor::from_vec(v, (2, 3, 13, 11), &Device::Cpu).unwrap();
     for (k, s, p, ceil) in [
         (3, 2, 0, true),
         (3, 1, 1, true),
         (2, 2, 0, true),
         (2, 2, 0, false),
         (3, 2, 1, false),
+        (3, 3, 1, true),
+        (5, 3, 2, false),
     ] {
-        let fast = max_pool(&x, k, s, p, ceil).unwrap();
+        let fast = max_pool(x, k, s, p, ceil).unwrap();
         let slow = max_pool(&x.to_dtype(DType::F64).unwrap(), k, s, p, ceil)
             .unwrap()
             .to_dtype(DType::F32)
             .unwrap();
-        assert_eq!(fast.dims(), slow.dims(), "k{k} s{s} p{p} ceil {ceil}");
+        let case = format!("{size} k{k} s{s} p{p} ceil {ceil}");
+        assert_eq!(fast.dims(), slow.dims(), "{case}");
         assert_eq!(
             fast.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
             slow.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-            "k{k} s{s} p{p} ceil {ceil}"
+            "{case}"
         );
     }
 }
