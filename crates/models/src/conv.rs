@@ -290,6 +290,11 @@ impl Module for Conv {
     }
 }
 
+/// The widest depthwise window the direct AVX-512 kernel takes (EfficientNet-Lite's are 3
+/// and 5).
+#[cfg(target_arch = "x86_64")]
+const DIRECT_MAX_K: usize = 16;
+
 /// Target size of one band of im2col columns.
 const BAND_BYTES: usize = 2 << 20;
 
@@ -518,19 +523,20 @@ impl CpuConv<'_> {
         }
     }
 
-    /// One channel plane of a depthwise convolution (`y` holding its bias on entry),
-    /// compiled for the widest vectors this
-    /// CPU has (AVX-512F, else AVX2 with FMA, detected at run time; std caches the answer)
-    /// where the output rows are long enough to fill them: the inner loops are plain
-    /// element-wise arithmetic, which the compiler vectorises to the width it is allowed.
-    /// Rows shorter than a vector keep the baseline build, which was faster on them
-    /// (`examples/depthwise.rs`: Lite0's 7x7 and 14x14 layers).
+    /// One channel plane of a depthwise convolution (`y` holding its bias on entry): the
+    /// direct AVX-512 kernel where the CPU has AVX-512F and the stride is 1 or 2 (every
+    /// depthwise layer of the backbones), else the row kernel compiled for AVX2 with FMA
+    /// where the output rows fill its vectors, else for the baseline (which was faster on
+    /// rows shorter than a vector: `examples/depthwise.rs`, Lite0's 7x7 and 14x14 layers).
     fn depthwise_plane(&self, x: &[f32], h: usize, w: usize, ch: usize, y: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         {
             let ow = self.out_size(h, w).1;
-            if ow >= 16 && std::arch::is_x86_feature_detected!("avx512f") {
-                // SAFETY: the CPU has AVX-512F (checked).
+            if self.stride <= 2
+                && self.k <= DIRECT_MAX_K
+                && std::arch::is_x86_feature_detected!("avx512f")
+            {
+                // SAFETY: the CPU has AVX-512F (checked), the stride and kernel fit.
                 return unsafe { self.depthwise_plane_avx512(x, h, w, ch, y) };
             }
             if ow >= 8
@@ -544,8 +550,15 @@ impl CpuConv<'_> {
         self.depthwise_plane_any(x, h, w, ch, y)
     }
 
+    /// Direct: each 16-output vector of a row starts as the bias and takes the `k x k`
+    /// window's products in a register (FMAs, the input runs loaded straight from the plane
+    /// with the lanes in the padding masked to zero, so no padded copy; for stride 2 each
+    /// run is 32 columns with its even ones picked out), is activated there and stored
+    /// once. The row kernel's `k * k` passes over each output row, storing and reloading
+    /// it, made Lite0's depthwise layers half its forward pass on an AVX-512 Xeon (perf).
+    ///
     /// # Safety
-    /// The CPU must have AVX-512F.
+    /// The CPU must have AVX-512F; the stride is 1 or 2 and `k` at most [`DIRECT_MAX_K`].
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
     unsafe fn depthwise_plane_avx512(
@@ -556,7 +569,65 @@ impl CpuConv<'_> {
         ch: usize,
         y: &mut [f32],
     ) {
-        self.depthwise_plane_any(x, h, w, ch, y)
+        use std::arch::x86_64::*;
+        let (oh, ow) = self.out_size(h, w);
+        let (k, s) = (self.k, self.stride);
+        let (top, left) = (self.pad.top as isize, self.pad.left as isize);
+        assert!(x.len() >= h * w && y.len() >= oh * ow);
+        assert!((s == 1 || s == 2) && k <= DIRECT_MAX_K);
+        let wk = &self.weight[ch * k * k..(ch + 1) * k * k];
+        let bias = _mm512_set1_ps(self.bias[ch]);
+        let (zero, six) = (_mm512_setzero_ps(), _mm512_set1_ps(6.0));
+        // The lanes of 16 columns from input column c that lie in the row.
+        let inside = |c: isize| -> __mmask16 {
+            let lo = (-c).clamp(0, 16) as u32;
+            let hi = (w as isize - c).clamp(0, 16) as u32;
+            let below = |n: u32| ((1u32 << n) - 1) as u16;
+            below(hi) & !below(lo)
+        };
+        let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        // Per 16-output block and window column kj: the input column its first lane reads
+        // and the masks of its one or two loads; the same for every row.
+        let mut at = [(0isize, 0 as __mmask16, 0 as __mmask16); DIRECT_MAX_K];
+        for ox in (0..ow).step_by(16) {
+            for (kj, a) in at.iter_mut().enumerate().take(k) {
+                let c = (ox * s + kj) as isize - left;
+                *a = (c, inside(c), inside(c + 16));
+            }
+            let n = (ow - ox).min(16) as u32;
+            let keep = ((1u32 << n) - 1) as u16;
+            for oy in 0..oh {
+                let mut acc = bias;
+                for ki in 0..k {
+                    let iy = (oy * s + ki) as isize - top;
+                    if iy < 0 || iy >= h as isize {
+                        continue; // a row of padding: zeros
+                    }
+                    let row = x[iy as usize * w..].as_ptr();
+                    for (kj, &(c, m, m2)) in at[..k].iter().enumerate() {
+                        // SAFETY: only lanes inside the row are read (the rest masked, never
+                        // accessed), and the row lies in x (asserted).
+                        let v = unsafe {
+                            let lo = _mm512_maskz_loadu_ps(m, row.wrapping_offset(c));
+                            if s == 1 {
+                                lo
+                            } else {
+                                let hi = _mm512_maskz_loadu_ps(m2, row.wrapping_offset(c + 16));
+                                _mm512_permutex2var_ps(lo, even, hi)
+                            }
+                        };
+                        acc = _mm512_fmadd_ps(_mm512_set1_ps(wk[ki * k + kj]), v, acc);
+                    }
+                }
+                acc = match self.act {
+                    Activation::None => acc,
+                    Activation::Relu => _mm512_max_ps(acc, zero),
+                    Activation::Relu6 => _mm512_min_ps(_mm512_max_ps(acc, zero), six),
+                };
+                // SAFETY: the n lanes stored are outputs ox..ox + n of row oy, inside y.
+                unsafe { _mm512_mask_storeu_ps(y[oy * ow + ox..].as_mut_ptr(), keep, acc) };
+            }
+        }
     }
 
     /// # Safety
@@ -849,6 +920,125 @@ pub(crate) mod tests {
                 );
                 let err = max_error(&fast, &slow)?;
                 assert!(err < 1e-5, "case k{k} s{s} dw{dw} {path}: max error {err}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Every depthwise kernel this CPU can run (the direct AVX-512 one, the row kernel for
+    /// AVX2 with FMA, the baseline build) agrees with candle's grouped convolution, on
+    /// planes narrower and wider than a vector, strides 1 and 2, 3x3 and 5x5, TF-SAME's
+    /// asymmetric padding and PyTorch's symmetric one, each activation.
+    #[test]
+    fn every_depthwise_kernel_matches_candle() -> Result<()> {
+        type Kernel = unsafe fn(&CpuConv, &[f32], usize, usize, usize, &mut [f32]);
+        let mut kernels: Vec<(&str, Kernel)> = vec![("baseline", |c, x, h, w, ch, y| {
+            c.depthwise_plane_any(x, h, w, ch, y)
+        })];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                kernels.push(("direct avx512", |c, x, h, w, ch, y| unsafe {
+                    c.depthwise_plane_avx512(x, h, w, ch, y)
+                }));
+            } else {
+                println!("skipped the direct AVX-512 kernel: this CPU lacks AVX-512F");
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                kernels.push(("rows avx2", |c, x, h, w, ch, y| unsafe {
+                    c.depthwise_plane_avx2(x, h, w, ch, y)
+                }));
+            } else {
+                println!("skipped the AVX2 row kernel: this CPU lacks AVX2 or FMA");
+            }
+        }
+        let names: Vec<&str> = kernels.iter().map(|k| k.0).collect();
+        println!("depthwise kernels run: {names:?}");
+        let dev = Device::Cpu;
+        let cases = [
+            // (channels, h, w, k, stride, pad, act)
+            (3, 9, 8, 3, 1, PadMode::TfSame, Activation::Relu6),
+            (2, 11, 9, 5, 2, PadMode::TfSame, Activation::None),
+            (3, 6, 37, 5, 2, PadMode::TfSame, Activation::Relu6),
+            (
+                2,
+                5,
+                40,
+                3,
+                1,
+                PadMode::Fixed(Padding::same_all(1)),
+                Activation::Relu,
+            ),
+            (
+                2,
+                8,
+                33,
+                3,
+                2,
+                PadMode::Fixed(Padding::same_all(1)),
+                Activation::None,
+            ),
+            (2, 7, 7, 5, 1, PadMode::TfSame, Activation::Relu6),
+            (2, 4, 56, 5, 1, PadMode::TfSame, Activation::None),
+        ];
+        for (c, h, w, k, s, pad, act) in cases {
+            let weight = Tensor::from_vec(seq(c * k * k, 1), (c, 1, k, k), &dev)?;
+            // Biases large enough that Relu6 clips above as well as below.
+            let bias: Vec<f32> = seq(c, 2).iter().map(|v| v * 16.0).collect();
+            let x = Tensor::from_vec(seq(c * h * w, 3), (1, c, h, w), &dev)?;
+            let conv = Conv::new(
+                weight,
+                Some(Tensor::new(bias.as_slice(), &dev)?),
+                s,
+                pad,
+                true,
+                act,
+            )?;
+            let want = conv.forward_candle(&x)?.flatten_all()?.to_vec1::<f32>()?;
+            let (w_packed, b_packed) = conv.packed.as_ref().expect("f32 CPU weights");
+            let cpu = CpuConv {
+                weight: w_packed,
+                winograd: None,
+                bf16: None,
+                bias: b_packed,
+                cout: c,
+                k,
+                stride: s,
+                pad: conv.padding(h, w),
+                depthwise: true,
+                act,
+            };
+            let (oh, ow) = cpu.out_size(h, w);
+            let xs = x.flatten_all()?.to_vec1::<f32>()?;
+            for (name, kernel) in &kernels {
+                let mut got = Vec::new();
+                for ch in 0..c {
+                    let mut plane = vec![bias[ch]; oh * ow];
+                    // SAFETY: the CPU has what each listed kernel needs (checked above).
+                    unsafe {
+                        kernel(
+                            &cpu,
+                            &xs[ch * h * w..(ch + 1) * h * w],
+                            h,
+                            w,
+                            ch,
+                            &mut plane,
+                        )
+                    };
+                    got.extend(plane);
+                }
+                let err = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
+                assert_eq!(got.len(), want.len());
+                assert!(
+                    err < 1e-5,
+                    "{name}: {c}x{h}x{w} k{k} s{s} {pad:?}: max error {err}"
+                );
             }
         }
         Ok(())
