@@ -295,6 +295,10 @@ impl Module for Conv {
 #[cfg(target_arch = "x86_64")]
 const DIRECT_MAX_K: usize = 16;
 
+/// Output rows the direct depthwise kernel computes together.
+#[cfg(target_arch = "x86_64")]
+const ROWS: usize = 4;
+
 /// Target size of one band of im2col columns.
 const BAND_BYTES: usize = 2 << 20;
 
@@ -596,13 +600,26 @@ impl CpuConv<'_> {
             }
             let n = (ow - ox).min(16) as u32;
             let keep = ((1u32 << n) - 1) as u16;
-            for oy in 0..oh {
-                let mut acc = bias;
-                for ki in 0..k {
-                    let iy = (oy * s + ki) as isize - top;
+            // ROWS output rows at a time: independent accumulators (one alone waits on each
+            // FMA's latency), and each input vector loaded once for all the rows it feeds.
+            for oy0 in (0..oh).step_by(ROWS) {
+                let nr = (oh - oy0).min(ROWS);
+                let mut acc = [bias; ROWS];
+                let first = (oy0 * s) as isize - top;
+                for t in 0..(nr - 1) * s + k {
+                    let iy = first + t as isize;
                     if iy < 0 || iy >= h as isize {
                         continue; // a row of padding: zeros
                     }
+                    // The window row of input row iy for each output row (k: none).
+                    let ki: [usize; ROWS] = std::array::from_fn(|r| {
+                        let ki = t.wrapping_sub(r * s);
+                        if r < nr && ki < k {
+                            ki
+                        } else {
+                            k
+                        }
+                    });
                     let row = x[iy as usize * w..].as_ptr();
                     for (kj, &(c, m, m2)) in at[..k].iter().enumerate() {
                         // SAFETY: only lanes inside the row are read (the rest masked, never
@@ -616,16 +633,24 @@ impl CpuConv<'_> {
                                 _mm512_permutex2var_ps(lo, even, hi)
                             }
                         };
-                        acc = _mm512_fmadd_ps(_mm512_set1_ps(wk[ki * k + kj]), v, acc);
+                        for (a, &ki) in acc.iter_mut().zip(&ki) {
+                            if ki < k {
+                                *a = _mm512_fmadd_ps(_mm512_set1_ps(wk[ki * k + kj]), v, *a);
+                            }
+                        }
                     }
                 }
-                acc = match self.act {
-                    Activation::None => acc,
-                    Activation::Relu => _mm512_max_ps(acc, zero),
-                    Activation::Relu6 => _mm512_min_ps(_mm512_max_ps(acc, zero), six),
-                };
-                // SAFETY: the n lanes stored are outputs ox..ox + n of row oy, inside y.
-                unsafe { _mm512_mask_storeu_ps(y[oy * ow + ox..].as_mut_ptr(), keep, acc) };
+                for (r, a) in acc.iter().enumerate().take(nr) {
+                    let a = match self.act {
+                        Activation::None => *a,
+                        Activation::Relu => _mm512_max_ps(*a, zero),
+                        Activation::Relu6 => _mm512_min_ps(_mm512_max_ps(*a, zero), six),
+                    };
+                    let at = (oy0 + r) * ow + ox;
+                    // SAFETY: the n lanes stored are outputs ox..ox + n of row oy0 + r,
+                    // inside y.
+                    unsafe { _mm512_mask_storeu_ps(y[at..].as_mut_ptr(), keep, a) };
+                }
             }
         }
     }
