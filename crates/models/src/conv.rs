@@ -207,6 +207,39 @@ impl Conv {
         Ok(())
     }
 
+    /// One convolution that computes `convs`, all over the same input, at once: their
+    /// outputs stacked on the channels in order. They must be dense with the same kernel
+    /// size, stride, padding and activation. GoogLeNet's inception blocks run their three
+    /// 1x1 convolutions of the block's input this way: one product with the input read
+    /// once, instead of three.
+    pub fn stacked(convs: &[&Conv]) -> Result<Conv> {
+        let Some(first) = convs.first() else {
+            candle_core::bail!("stacking no convolutions");
+        };
+        let same = |c: &Conv| {
+            !c.depthwise
+                && (c.k, c.stride, c.pad, c.act) == (first.k, first.stride, first.pad, first.act)
+        };
+        if !convs.iter().all(|c| same(c)) {
+            candle_core::bail!("stacked convolutions differ in kernel, stride, padding or kind");
+        }
+        let weights: Vec<&Tensor> = convs.iter().map(|c| &c.weight).collect();
+        let weight = Tensor::cat(&weights, 0)?;
+        let bias = if convs.iter().any(|c| c.bias.is_some()) {
+            let biases = convs
+                .iter()
+                .map(|c| match &c.bias {
+                    Some(b) => Ok(b.clone()),
+                    None => Tensor::zeros(c.weight.dim(0)?, c.weight.dtype(), c.weight.device()),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Some(Tensor::cat(&biases, 0)?)
+        } else {
+            None
+        };
+        Conv::new(weight, bias, first.stride, first.pad, false, first.act)
+    }
+
     /// Whether the products run in bf16 ([`Conv::to_bf16`]).
     pub fn is_bf16(&self) -> bool {
         self.bf16.is_some()
@@ -735,11 +768,25 @@ impl CustomOp1 for CpuConv<'_> {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let (b, c, h, w) = layout.shape().dims4()?;
-        let x = match (storage, layout.contiguous_offsets()) {
-            (CpuStorage::F32(v), Some((start, end))) => &v[start..end],
-            (CpuStorage::F32(_), None) => candle_core::bail!("conv input must be contiguous"),
+        let plane_in = c * h * w;
+        // Each image's [c, h, w] must be contiguous; the images may lie further apart, as
+        // in a narrowed range of another tensor's channels (GoogLeNet's fused 1x1
+        // convolutions feed their outputs' channel ranges on without copying them).
+        let (start, stride) = (layout.start_offset(), layout.stride());
+        let image = match stride {
+            [si, sc, sh, 1] if *sc == h * w && *sh == w && (*si >= plane_in || b == 1) => *si,
+            _ => candle_core::bail!("the CPU convolution takes each image's [c, h, w] contiguous"),
+        };
+        let x = match storage {
+            CpuStorage::F32(v) if b == 0 => &v[..0],
+            CpuStorage::F32(v) if start + (b - 1) * image + plane_in <= v.len() => {
+                &v[start..start + (b - 1) * image + plane_in]
+            }
+            CpuStorage::F32(_) => candle_core::bail!("conv input layout outside its storage"),
             _ => candle_core::bail!("the CPU convolution takes f32"),
         };
+        // Image i's [c, h, w].
+        let img = |i: usize| &x[i * image..i * image + plane_in];
         let (pad_h, pad_w) = (
             self.pad.top + self.pad.bottom,
             self.pad.left + self.pad.right,
@@ -748,7 +795,6 @@ impl CustomOp1 for CpuConv<'_> {
             candle_core::bail!("input {h}x{w} smaller than the {0}x{0} kernel", self.k);
         }
         let (oh, ow) = self.out_size(h, w);
-        let plane_in = c * h * w;
         let plane_out = self.cout * oh * ow;
         let n = b * plane_out;
         // Each output plane starts as its bias.
@@ -763,8 +809,8 @@ impl CustomOp1 for CpuConv<'_> {
                 bias,
                 || (),
                 |_, i, out| {
-                    let (img, ch) = (i / c, i % c);
-                    let src = &x[img * plane_in + ch * h * w..img * plane_in + (ch + 1) * h * w];
+                    let ch = i % c;
+                    let src = &img(i / c)[ch * h * w..(ch + 1) * h * w];
                     self.depthwise_plane(src, h, w, ch, out);
                 },
             )
@@ -780,7 +826,7 @@ impl CustomOp1 for CpuConv<'_> {
                 // Winograd writes every output (the bias with it), in bands across images.
                 let mut y = par_blocks(n, oh * ow, (oh * ow, &[0.0]), || (), |_, _, _| {});
                 wg.forward(
-                    x,
+                    (x, image),
                     (b, h, w),
                     self.pad,
                     self.bias,
@@ -796,15 +842,13 @@ impl CustomOp1 for CpuConv<'_> {
                     plane_out,
                     bias,
                     || (),
-                    |_, i, out| {
-                        let src = &x[i * plane_in..(i + 1) * plane_in];
-                        self.dense_image(src, (c, h, w), out, gemm::Parallelism::None)
-                    },
+                    |_, i, out| self.dense_image(img(i), (c, h, w), out, gemm::Parallelism::None),
                 )
             } else {
                 let mut y = par_blocks(n, plane_out, bias, || (), |_, _, _| {});
-                for (out, src) in y.chunks_mut(plane_out).zip(x.chunks(plane_in)) {
-                    self.dense_image(src, (c, h, w), out, gemm::Parallelism::Rayon(threads));
+                for (i, out) in y.chunks_mut(plane_out).enumerate() {
+                    let par = gemm::Parallelism::Rayon(threads);
+                    self.dense_image(img(i), (c, h, w), out, par);
                 }
                 y
             }
@@ -1066,6 +1110,59 @@ pub(crate) mod tests {
                 );
             }
         }
+        Ok(())
+    }
+
+    /// A range of another tensor's channels (images not adjacent, each image contiguous)
+    /// goes through every CPU path as its contiguous copy does, bit for bit, and a layout
+    /// with other strides is refused rather than misread.
+    #[test]
+    fn channel_ranges_are_taken_without_a_copy() -> Result<()> {
+        let dev = Device::Cpu;
+        let (b, total, h, w) = (3, 80, 9, 8);
+        let x = Tensor::from_vec(seq(b * total * h * w, 5), (b, total, h, w), &dev)?;
+        let cases = [
+            // (first channel, channels, cout, k, depthwise, Winograd always)
+            (3, 70, 12, 3, false, true),
+            (5, 70, 12, 3, false, false),
+            (1, 64, 16, 1, false, false),
+            (7, 9, 9, 5, true, false),
+        ];
+        for (from, c, cout, k, dw, wino) in cases {
+            let part = x.narrow(1, from, c)?;
+            assert!(!part.is_contiguous());
+            let wshape = if dw { (cout, 1, k, k) } else { (cout, c, k, k) };
+            let n = wshape.0 * wshape.1 * k * k;
+            let weight = Tensor::from_vec(seq(n, 1), wshape, &dev)?;
+            let bias = Tensor::from_vec(seq(cout, 2), cout, &dev)?;
+            let pad = PadMode::Fixed(Padding::same_all(k / 2));
+            let conv =
+                Conv::new(weight, Some(bias), 1, pad, dw, Activation::Relu)?.with_winograd(wino);
+            assert_eq!(conv.is_winograd(h, w), wino);
+            let got = conv.forward(&part)?.flatten_all()?.to_vec1::<f32>()?;
+            let want = conv
+                .forward(&part.contiguous()?)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            assert_eq!(
+                got,
+                want,
+                "channels {from}..{} k{k} dw {dw} winograd {wino}",
+                from + c
+            );
+        }
+        // Rows of the plane not adjacent: refused.
+        let weight = Tensor::from_vec(seq(4 * 80 * 9, 1), (4, 80, 3, 3), &dev)?;
+        let conv = Conv::new(
+            weight,
+            None,
+            1,
+            PadMode::Fixed(Padding::same_all(1)),
+            false,
+            Activation::None,
+        )?;
+        let err = conv.forward(&x.narrow(3, 1, 6)?).unwrap_err();
+        assert!(err.to_string().contains("contiguous"), "{err}");
         Ok(())
     }
 

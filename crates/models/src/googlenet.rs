@@ -143,9 +143,14 @@ impl BasicConv {
 }
 
 struct Inception {
-    b1: BasicConv,
-    b2: [BasicConv; 2],
-    b3: [BasicConv; 2],
+    /// branch1, branch2.0 and branch3.0: the three 1x1 convolutions of the block's input,
+    /// run as one ([`Conv::stacked`]), whose output channels are branch1's, then the two
+    /// 3x3 convolutions' inputs.
+    reduce: Conv,
+    /// Output channels of branch1, branch2.0 and branch3.0.
+    widths: [usize; 3],
+    b2: BasicConv,
+    b3: BasicConv,
     b4: BasicConv,
 }
 
@@ -157,20 +162,24 @@ impl Inception {
         let b3a = BasicConv::load(w, &format!("{name}.branch3.0"), cin, c[3], 1, 1, 0);
         let b3b = BasicConv::load(w, &format!("{name}.branch3.1"), c[3], c[4], 3, 1, 1);
         let b4 = BasicConv::load(w, &format!("{name}.branch4.1"), cin, c[5], 1, 1, 0);
+        let (b1, b2a, b3a) = (b1?, b2a?, b3a?);
         Some(Inception {
-            b1: b1?,
-            b2: [b2a?, b2b?],
-            b3: [b3a?, b3b?],
+            reduce: Conv::stacked(&[&b1.0, &b2a.0, &b3a.0]).ok()?,
+            widths: [c[0], c[1], c[3]],
+            b2: b2b?,
+            b3: b3b?,
             b4: b4?,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let b1 = self.b1.forward(x)?;
-        let b2 = self.b2[1].forward(&self.b2[0].forward(x)?)?;
-        let b3 = self.b3[1].forward(&self.b3[0].forward(x)?)?;
+        let [c1, c2, c3] = self.widths;
+        // The CPU convolutions read the channel ranges in place.
+        let r = self.reduce.forward(x)?;
+        let b2 = self.b2.forward(&r.narrow(1, c1, c2)?)?;
+        let b3 = self.b3.forward(&r.narrow(1, c1 + c2, c3)?)?;
         let b4 = self.b4.forward(&max_pool_ceil(x, 3, 1, 1)?)?;
-        Tensor::cat(&[b1, b2, b3, b4], 1)
+        Tensor::cat(&[r.narrow(1, 0, c1)?, b2, b3, b4], 1)
     }
 }
 
@@ -231,9 +240,8 @@ impl GoogLeNet {
             c.0.to_bf16()?;
         }
         for b in &mut self.blocks {
-            let [b2a, b2b] = &mut b.b2;
-            let [b3a, b3b] = &mut b.b3;
-            for c in [&mut b.b1, b2a, b2b, b3a, b3b, &mut b.b4] {
+            b.reduce.to_bf16()?;
+            for c in [&mut b.b2, &mut b.b3, &mut b.b4] {
                 c.0.to_bf16()?;
             }
         }

@@ -113,12 +113,13 @@ impl Winograd {
         self.cin
     }
 
-    /// The convolution of a batch `x` `[b, cin, h, w]` with padding `pad`, into `y`
+    /// The convolution of a batch `x` `[b, cin, h, w]` (each image's `[cin, h, w]`
+    /// contiguous, the images `image` values apart) with padding `pad`, into `y`
     /// `[b, cout, oh, ow]`, plus `bias`, activated.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn forward(
         &self,
-        x: &[f32],
+        (x, image): (&[f32], usize),
         (b, h, w): (usize, usize, usize),
         pad: Padding,
         bias: &[f32],
@@ -127,10 +128,15 @@ impl Winograd {
         (oh, ow): (usize, usize),
     ) {
         let (cin, cout) = (self.cin, self.cout);
-        assert_eq!(x.len(), b * cin * h * w, "input [b, cin, h, w]");
+        assert!(image >= cin * h * w || b <= 1, "images overlap");
+        assert!(
+            b == 0 || x.len() >= (b - 1) * image + cin * h * w,
+            "input [b, cin, h, w]"
+        );
         assert_eq!(y.len(), b * cout * oh * ow, "output [b, cout, oh, ow]");
         assert_eq!(bias.len(), cout, "one bias per output channel");
         let geo = Geometry {
+            image,
             h,
             w,
             oh,
@@ -289,7 +295,8 @@ impl Winograd {
         for (i, g) in tile_rows.enumerate() {
             let (img, ty) = (g / geo.ty_n, g % geo.ty_n);
             for ci in 0..cin {
-                let plane = &x[(img * cin + ci) * hw..(img * cin + ci + 1) * hw];
+                let at = img * geo.image + ci * hw;
+                let plane = &x[at..at + hw];
                 input_tiles(plane, geo, ty, scratch, v, (ci * t + i * geo.tx_n, cin * t));
             }
         }
@@ -321,6 +328,8 @@ fn avx2() -> bool {
 /// The shape of one convolution's tiling.
 #[derive(Clone, Copy)]
 struct Geometry {
+    /// Values between the starts of two images of the input.
+    image: usize,
     h: usize,
     w: usize,
     oh: usize,
