@@ -17,6 +17,8 @@ use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, T
 use rayon::prelude::*;
 
 use crate::bf16::{self, PackedA};
+#[cfg(target_arch = "x86_64")]
+use crate::direct;
 use crate::winograd::Winograd;
 
 /// When a dense 3x3 stride-1 f32 convolution runs as Winograd F(2x2, 3x3) on the CPU rather
@@ -323,11 +325,6 @@ impl Module for Conv {
     }
 }
 
-/// The widest depthwise window the direct AVX-512 kernel takes (EfficientNet-Lite's are 3
-/// and 5).
-#[cfg(target_arch = "x86_64")]
-const DIRECT_MAX_K: usize = 16;
-
 /// Output rows the direct depthwise kernel computes together.
 #[cfg(target_arch = "x86_64")]
 const ROWS: usize = 4;
@@ -570,7 +567,7 @@ impl CpuConv<'_> {
         {
             let ow = self.out_size(h, w).1;
             if self.stride <= 2
-                && self.k <= DIRECT_MAX_K
+                && self.k <= direct::MAX_K
                 && std::arch::is_x86_feature_detected!("avx512f")
             {
                 // SAFETY: the CPU has AVX-512F (checked), the stride and kernel fit.
@@ -595,7 +592,7 @@ impl CpuConv<'_> {
     /// it, made Lite0's depthwise layers half its forward pass on an AVX-512 Xeon (perf).
     ///
     /// # Safety
-    /// The CPU must have AVX-512F; the stride is 1 or 2 and `k` at most [`DIRECT_MAX_K`].
+    /// The CPU must have AVX-512F; the stride is 1 or 2 and `k` at most [`direct::MAX_K`].
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
     unsafe fn depthwise_plane_avx512(
@@ -609,30 +606,15 @@ impl CpuConv<'_> {
         use std::arch::x86_64::*;
         let (oh, ow) = self.out_size(h, w);
         let (k, s) = (self.k, self.stride);
-        let (top, left) = (self.pad.top as isize, self.pad.left as isize);
+        let top = self.pad.top as isize;
         assert!(x.len() >= h * w && y.len() >= oh * ow);
-        assert!((s == 1 || s == 2) && k <= DIRECT_MAX_K);
+        assert!((s == 1 || s == 2) && k <= direct::MAX_K);
         let wk = &self.weight[ch * k * k..(ch + 1) * k * k];
         let bias = _mm512_set1_ps(self.bias[ch]);
         let (zero, six) = (_mm512_setzero_ps(), _mm512_set1_ps(6.0));
-        // The lanes of 16 columns from input column c that lie in the row.
-        let inside = |c: isize| -> __mmask16 {
-            let lo = (-c).clamp(0, 16) as u32;
-            let hi = (w as isize - c).clamp(0, 16) as u32;
-            let below = |n: u32| ((1u32 << n) - 1) as u16;
-            below(hi) & !below(lo)
-        };
-        let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-        // Per 16-output block and window column kj: the input column its first lane reads
-        // and the masks of its one or two loads; the same for every row.
-        let mut at = [(0isize, 0 as __mmask16, 0 as __mmask16); DIRECT_MAX_K];
         for ox in (0..ow).step_by(16) {
-            for (kj, a) in at.iter_mut().enumerate().take(k) {
-                let c = (ox * s + kj) as isize - left;
-                *a = (c, inside(c), inside(c + 16));
-            }
-            let n = (ow - ox).min(16) as u32;
-            let keep = ((1u32 << n) - 1) as u16;
+            let runs = direct::runs(ox, s, self.pad.left, w, k);
+            let keep = direct::first(ow - ox);
             // ROWS output rows at a time: independent accumulators (one alone waits on each
             // FMA's latency), and each input vector loaded once for all the rows it feeds.
             for oy0 in (0..oh).step_by(ROWS) {
@@ -654,18 +636,9 @@ impl CpuConv<'_> {
                         }
                     });
                     let row = x[iy as usize * w..].as_ptr();
-                    for (kj, &(c, m, m2)) in at[..k].iter().enumerate() {
-                        // SAFETY: only lanes inside the row are read (the rest masked, never
-                        // accessed), and the row lies in x (asserted).
-                        let v = unsafe {
-                            let lo = _mm512_maskz_loadu_ps(m, row.wrapping_offset(c));
-                            if s == 1 {
-                                lo
-                            } else {
-                                let hi = _mm512_maskz_loadu_ps(m2, row.wrapping_offset(c + 16));
-                                _mm512_permutex2var_ps(lo, even, hi)
-                            }
-                        };
+                    for (kj, run) in runs[..k].iter().enumerate() {
+                        // SAFETY: the CPU has AVX-512F (caller); the row lies in x (asserted).
+                        let v = unsafe { direct::load(row, *run, s, zero) };
                         for (a, &ki) in acc.iter_mut().zip(&ki) {
                             if ki < k {
                                 *a = _mm512_fmadd_ps(_mm512_set1_ps(wk[ki * k + kj]), v, *a);

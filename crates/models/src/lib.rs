@@ -16,6 +16,8 @@ pub mod cnn_trainer;
 pub mod conv;
 pub mod cpu;
 pub mod dense;
+#[cfg(target_arch = "x86_64")]
+mod direct;
 pub mod efficientnet;
 pub mod geocells;
 pub mod googlenet;

@@ -7,6 +7,9 @@
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 
+#[cfg(target_arch = "x86_64")]
+use crate::direct;
+
 /// PyTorch's `MaxPool2d(k, stride, padding, ceil_mode=True)`. Output size per side:
 /// `ceil((n + 2p - k) / s) + 1`, less one when the last window would start in the right
 /// padding. Windows are clipped to the input, which equals PyTorch's -inf padding (each
@@ -138,7 +141,10 @@ impl Geom {
     fn plane(&self, x: &[f32], y: &mut [f32], scratch: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         {
-            if self.s <= 2 && self.k <= MAX_K && std::arch::is_x86_feature_detected!("avx512f") {
+            if self.s <= 2
+                && self.k <= direct::MAX_K
+                && std::arch::is_x86_feature_detected!("avx512f")
+            {
                 // SAFETY: the CPU has AVX-512F (checked).
                 return unsafe { self.plane_avx512(x, y) };
             }
@@ -204,50 +210,25 @@ impl Geom {
     /// an AVX-512 Xeon (perf), against 2-3% for this.
     ///
     /// # Safety
-    /// The CPU must have AVX-512F; `s` is 1 or 2, `k` at most [`MAX_K`].
+    /// The CPU must have AVX-512F; `s` is 1 or 2, `k` at most [`direct::MAX_K`].
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
     unsafe fn plane_avx512(&self, x: &[f32], y: &mut [f32]) {
         use std::arch::x86_64::*;
         let (k, s, p, w, ow) = (self.k, self.s, self.p, self.w, self.ow);
         assert!(x.len() >= self.h * w && y.len() >= self.oh * ow);
-        assert!((s == 1 || s == 2) && k <= MAX_K);
-        // The lanes of 16 columns from input column c that lie in the row.
-        let inside = |c: isize| -> __mmask16 {
-            let lo = (-c).clamp(0, 16) as u32;
-            let hi = (w as isize - c).clamp(0, 16) as u32;
-            let below = |n: u32| ((1u32 << n) - 1) as u16;
-            below(hi) & !below(lo)
-        };
+        assert!((s == 1 || s == 2) && k <= direct::MAX_K);
         let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
-        let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-        // Per 16-output block of a row and window column j: the input column its first lane
-        // reads and the masks of its one or two loads; the same for every row.
-        let mut at = [(0isize, 0 as __mmask16, 0 as __mmask16); MAX_K];
         for ox in (0..ow).step_by(16) {
-            for (j, a) in at.iter_mut().enumerate().take(k) {
-                let c = (ox * s + j) as isize - p as isize;
-                *a = (c, inside(c), inside(c + 16));
-            }
-            let n = (ow - ox).min(16) as u32;
-            let keep = ((1u32 << n) - 1) as u16;
+            let runs = direct::runs(ox, s, p, w, k);
+            let keep = direct::first(ow - ox);
             for oy in 0..self.oh {
                 let mut acc = ninf;
                 for iy in self.rows(oy) {
                     let row = x[iy * w..].as_ptr();
-                    for &(c, m, m2) in &at[..k] {
-                        // SAFETY: only lanes inside the row are read (the rest masked, never
-                        // accessed), and the row lies in x (asserted).
-                        let v = unsafe {
-                            let lo = _mm512_mask_loadu_ps(ninf, m, row.wrapping_offset(c));
-                            if s == 1 {
-                                lo
-                            } else {
-                                let hi =
-                                    _mm512_mask_loadu_ps(ninf, m2, row.wrapping_offset(c + 16));
-                                _mm512_permutex2var_ps(lo, even, hi)
-                            }
-                        };
+                    for run in &runs[..k] {
+                        // SAFETY: the CPU has AVX-512F (caller); the row lies in x (asserted).
+                        let v = unsafe { direct::load(row, *run, s, ninf) };
                         // max(v, acc) is v > acc ? v : acc, as `greater`.
                         acc = _mm512_max_ps(v, acc);
                     }
@@ -258,10 +239,6 @@ impl Geom {
         }
     }
 }
-
-/// The widest window the direct AVX-512 kernel takes (GoogLeNet's and VGG16's are 3 and 2).
-#[cfg(target_arch = "x86_64")]
-const MAX_K: usize = 16;
 
 /// `dst` = the maximum of all `srcs` (each at least as long) and -inf, in 8-lane blocks
 /// that the compiler vectorises: each block is the maximum of all its sources in
