@@ -558,38 +558,27 @@ impl CpuConv<'_> {
     }
 
     /// One channel plane of a depthwise convolution (`y` holding its bias on entry): the
-    /// direct AVX-512 kernel where the CPU has AVX-512F and the stride is 1 or 2 (every
-    /// depthwise layer of the backbones), else the row kernel compiled for AVX2 with FMA
-    /// where the output rows fill its vectors, else for the baseline (which was faster on
-    /// rows shorter than a vector: `examples/depthwise.rs`, Lite0's 7x7 and 14x14 layers).
+    /// direct kernel where the stride is 1 or 2 (every depthwise layer of the backbones),
+    /// in AVX-512 where the CPU has AVX-512F, else in AVX2 where it has AVX2 and FMA; else
+    /// the row kernel.
     fn depthwise_plane(&self, x: &[f32], h: usize, w: usize, ch: usize, y: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
-        {
-            let ow = self.out_size(h, w).1;
-            if self.stride <= 2
-                && self.k <= direct::MAX_K
-                && std::arch::is_x86_feature_detected!("avx512f")
-            {
+        if self.stride <= 2 && self.k <= direct::MAX_K {
+            if std::arch::is_x86_feature_detected!("avx512f") {
                 // SAFETY: the CPU has AVX-512F (checked), the stride and kernel fit.
                 return unsafe { self.depthwise_plane_avx512(x, h, w, ch, y) };
             }
-            if ow >= 8
-                && std::arch::is_x86_feature_detected!("avx2")
+            if std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
             {
-                // SAFETY: the CPU has AVX2 and FMA (checked).
+                // SAFETY: the CPU has AVX2 and FMA (checked), the stride and kernel fit.
                 return unsafe { self.depthwise_plane_avx2(x, h, w, ch, y) };
             }
         }
         self.depthwise_plane_any(x, h, w, ch, y)
     }
 
-    /// Direct: each 16-output vector of a row starts as the bias and takes the `k x k`
-    /// window's products in a register (FMAs, the input runs loaded straight from the plane
-    /// with the lanes in the padding masked to zero, so no padded copy; for stride 2 each
-    /// run is 32 columns with its even ones picked out), is activated there and stored
-    /// once. The row kernel's `k * k` passes over each output row, storing and reloading
-    /// it, made Lite0's depthwise layers half its forward pass on an AVX-512 Xeon (perf).
+    /// The direct kernel in AVX-512 (16 lanes).
     ///
     /// # Safety
     /// The CPU must have AVX-512F; the stride is 1 or 2 and `k` at most [`direct::MAX_K`].
@@ -603,20 +592,56 @@ impl CpuConv<'_> {
         ch: usize,
         y: &mut [f32],
     ) {
-        use std::arch::x86_64::*;
+        // SAFETY: forwarded; compiled for AVX-512F.
+        unsafe { self.depthwise_direct::<direct::Avx512>(x, h, w, ch, y) }
+    }
+
+    /// The direct kernel in AVX2 (8 lanes).
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA; the stride is 1 or 2 and `k` at most
+    /// [`direct::MAX_K`].
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn depthwise_plane_avx2(&self, x: &[f32], h: usize, w: usize, ch: usize, y: &mut [f32]) {
+        // SAFETY: forwarded; compiled for AVX2 and FMA.
+        unsafe { self.depthwise_direct::<direct::Avx2>(x, h, w, ch, y) }
+    }
+
+    /// Direct: each block of `S::LANES` outputs of a row starts as the bias and takes the
+    /// `k x k` window's products in a register (FMAs over the input runs loaded straight
+    /// from the plane, [`direct`]), is activated there and stored once; four output rows at
+    /// a time, so there are four independent FMA chains (one alone waits on each FMA's
+    /// latency) and each input vector is loaded once for all the rows it feeds. The row
+    /// kernel's `k * k` passes over each output row of a padded copy made Lite0's depthwise
+    /// layers half its forward pass on an AVX-512 Xeon (perf).
+    ///
+    /// # Safety
+    /// The CPU must have what `S` uses, and the caller be compiled for it; the stride is 1
+    /// or 2 and `k` at most [`direct::MAX_K`].
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn depthwise_direct<S: direct::Simd>(
+        &self,
+        x: &[f32],
+        h: usize,
+        w: usize,
+        ch: usize,
+        y: &mut [f32],
+    ) {
         let (oh, ow) = self.out_size(h, w);
         let (k, s) = (self.k, self.stride);
         let top = self.pad.top as isize;
         assert!(x.len() >= h * w && y.len() >= oh * ow);
         assert!((s == 1 || s == 2) && k <= direct::MAX_K);
         let wk = &self.weight[ch * k * k..(ch + 1) * k * k];
-        let bias = _mm512_set1_ps(self.bias[ch]);
-        let (zero, six) = (_mm512_setzero_ps(), _mm512_set1_ps(6.0));
-        for ox in (0..ow).step_by(16) {
-            let runs = direct::runs(ox, s, self.pad.left, w, k);
-            let keep = direct::first(ow - ox);
-            // ROWS output rows at a time: independent accumulators (one alone waits on each
-            // FMA's latency), and each input vector loaded once for all the rows it feeds.
+        // SAFETY (every S:: call below): the CPU has what S uses and this function is
+        // compiled for it (caller); loads read only a row of x inside x (asserted), stores
+        // only outputs of y.
+        let (bias, zero, six) = unsafe { (S::splat(self.bias[ch]), S::splat(0.0), S::splat(6.0)) };
+        for ox in (0..ow).step_by(S::LANES) {
+            let runs = unsafe { S::runs(ox, s, self.pad.left, w, k) };
+            let n = (ow - ox).min(S::LANES);
             for oy0 in (0..oh).step_by(ROWS) {
                 let nr = (oh - oy0).min(ROWS);
                 let mut acc = [bias; ROWS];
@@ -637,36 +662,27 @@ impl CpuConv<'_> {
                     });
                     let row = x[iy as usize * w..].as_ptr();
                     for (kj, run) in runs[..k].iter().enumerate() {
-                        // SAFETY: the CPU has AVX-512F (caller); the row lies in x (asserted).
-                        let v = unsafe { direct::load(row, *run, s, zero) };
+                        let v = unsafe { S::load(row, *run, s, zero) };
                         for (a, &ki) in acc.iter_mut().zip(&ki) {
                             if ki < k {
-                                *a = _mm512_fmadd_ps(_mm512_set1_ps(wk[ki * k + kj]), v, *a);
+                                *a = unsafe { S::fma(S::splat(wk[ki * k + kj]), v, *a) };
                             }
                         }
                     }
                 }
                 for (r, a) in acc.iter().enumerate().take(nr) {
-                    let a = match self.act {
-                        Activation::None => *a,
-                        Activation::Relu => _mm512_max_ps(*a, zero),
-                        Activation::Relu6 => _mm512_min_ps(_mm512_max_ps(*a, zero), six),
+                    let a = unsafe {
+                        match self.act {
+                            Activation::None => *a,
+                            Activation::Relu => S::max(*a, zero),
+                            Activation::Relu6 => S::min(S::max(*a, zero), six),
+                        }
                     };
                     let at = (oy0 + r) * ow + ox;
-                    // SAFETY: the n lanes stored are outputs ox..ox + n of row oy0 + r,
-                    // inside y.
-                    unsafe { _mm512_mask_storeu_ps(y[at..].as_mut_ptr(), keep, a) };
+                    unsafe { S::store(y[at..at + n].as_mut_ptr(), n, a) };
                 }
             }
         }
-    }
-
-    /// # Safety
-    /// The CPU must have AVX2 and FMA.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn depthwise_plane_avx2(&self, x: &[f32], h: usize, w: usize, ch: usize, y: &mut [f32]) {
-        self.depthwise_plane_any(x, h, w, ch, y)
     }
 
     /// [`Self::depthwise_plane`]'s body. Stride 2 reads the padded plane split into its even
@@ -967,14 +983,14 @@ pub(crate) mod tests {
         Ok(())
     }
 
-    /// Every depthwise kernel this CPU can run (the direct AVX-512 one, the row kernel for
-    /// AVX2 with FMA, the baseline build) agrees with candle's grouped convolution, on
+    /// Every depthwise kernel this CPU can run (the direct one in AVX-512 and in AVX2 with
+    /// FMA, the row kernel) agrees with candle's grouped convolution, on
     /// planes narrower and wider than a vector, strides 1 and 2, 3x3 and 5x5, TF-SAME's
     /// asymmetric padding and PyTorch's symmetric one, each activation.
     #[test]
     fn every_depthwise_kernel_matches_candle() -> Result<()> {
         type Kernel = unsafe fn(&CpuConv, &[f32], usize, usize, usize, &mut [f32]);
-        let mut kernels: Vec<(&str, Kernel)> = vec![("baseline", |c, x, h, w, ch, y| {
+        let mut kernels: Vec<(&str, Kernel)> = vec![("rows", |c, x, h, w, ch, y| {
             c.depthwise_plane_any(x, h, w, ch, y)
         })];
         #[cfg(target_arch = "x86_64")]
@@ -989,11 +1005,11 @@ pub(crate) mod tests {
             if std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
             {
-                kernels.push(("rows avx2", |c, x, h, w, ch, y| unsafe {
+                kernels.push(("direct avx2", |c, x, h, w, ch, y| unsafe {
                     c.depthwise_plane_avx2(x, h, w, ch, y)
                 }));
             } else {
-                println!("skipped the AVX2 row kernel: this CPU lacks AVX2 or FMA");
+                println!("skipped the direct AVX2 kernel: this CPU lacks AVX2 or FMA");
             }
         }
         let names: Vec<&str> = kernels.iter().map(|k| k.0).collect();

@@ -1,73 +1,244 @@
-//! What the direct AVX-512 kernels share (the depthwise convolution in `conv`, the max-pool
-//! in `pool`): a block of 16 outputs of a row computed in a register from the input plane
-//! itself, each window column's input run loaded with the lanes outside the plane masked
-//! (never read, filled with the padding's value), so no padded copy of the plane is made.
-//! Stride 2 loads 32 columns and keeps the even ones.
+//! What the direct kernels share (the depthwise convolution in `conv`, the max-pool in
+//! `pool`): a block of outputs of a row computed in a register from the input plane itself,
+//! each window column's input run loaded with the lanes outside the plane masked (never
+//! read, filled with the padding's value), so no padded copy of the plane is made. Stride 2
+//! loads twice the columns and keeps the even ones. Two widths, behind one trait the kernels
+//! are generic over: [`Avx512`] (16 lanes, mask registers) and [`Avx2`] (8 lanes, vector
+//! masks). Each kernel is compiled once per width inside a `#[target_feature]` function,
+//! which the trait's `#[inline(always)]` operations are inlined into.
 
 use std::arch::x86_64::*;
 
 /// The widest window the direct kernels take (the backbones' are 2, 3 and 5).
 pub(crate) const MAX_K: usize = 16;
 
-/// Where one window column's run of a 16-output block starts in an input row (its first
-/// lane's column, which may lie in the left padding) and the masks of its one (stride 1) or
-/// two (stride 2) 16-lane loads.
+/// One vector width's operations.
+///
+/// # Safety
+/// Every method may only run on a CPU with the implementation's features (AVX-512F; AVX2
+/// and FMA), inside a function compiled for them.
+pub(crate) unsafe trait Simd {
+    /// A vector of `LANES` f32.
+    type V: Copy;
+    /// Where one window column's run of an output block starts in an input row (its first
+    /// lane's column, which may lie in the left padding), with the masks of its one
+    /// (stride 1) or two (stride 2) loads.
+    type Run: Copy;
+    const LANES: usize;
+
+    /// The runs of window columns `0..k` for the block of outputs from column `ox`, with
+    /// stride `s` and `left` columns of padding, over rows of `w`; the same for every row.
+    unsafe fn runs(ox: usize, s: usize, left: usize, w: usize, k: usize) -> [Self::Run; MAX_K];
+
+    /// The lanes of `run` in `row`: columns `col + s * l` (`s` 1 or 2), `fill` outside the
+    /// row. `row` must point at a row of the `w` columns `run` was made for; the lanes
+    /// outside it are not accessed.
+    unsafe fn load(row: *const f32, run: Self::Run, s: usize, fill: Self::V) -> Self::V;
+
+    unsafe fn splat(v: f32) -> Self::V;
+
+    /// `a * b + c`, one rounding.
+    unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+
+    /// Per lane `a > b ? a : b` (`maxps`: NaN in `a` gives `b`).
+    unsafe fn max(a: Self::V, b: Self::V) -> Self::V;
+
+    /// Per lane `a < b ? a : b`.
+    unsafe fn min(a: Self::V, b: Self::V) -> Self::V;
+
+    /// Stores the first `n` lanes (at most `LANES`) at `at`.
+    unsafe fn store(at: *mut f32, n: usize, v: Self::V);
+}
+
+/// The lanes of `lanes` columns from input column `c` that lie in a row of `w`, as the
+/// range of lane indices `lo..hi`.
+fn inside(c: isize, w: usize, lanes: usize) -> (u32, u32) {
+    let lanes = lanes as isize;
+    let lo = (-c).clamp(0, lanes) as u32;
+    let hi = (w as isize - c).clamp(0, lanes) as u32;
+    (lo, hi.max(lo))
+}
+
+/// AVX-512F: 16 lanes.
+pub(crate) struct Avx512;
+
+/// [`Avx512`]'s run.
 #[derive(Clone, Copy)]
-pub(crate) struct Run {
+pub(crate) struct Run512 {
     col: isize,
     lo: __mmask16,
     hi: __mmask16,
 }
 
-/// The lanes of 16 columns from input column `c` that lie in a row of `w`.
-fn inside(c: isize, w: usize) -> __mmask16 {
-    let lo = (-c).clamp(0, 16) as u32;
-    let hi = (w as isize - c).clamp(0, 16) as u32;
+/// The mask of lanes `lo..hi` of 16.
+fn mask16((lo, hi): (u32, u32)) -> __mmask16 {
     let below = |n: u32| ((1u32 << n) - 1) as u16;
     below(hi) & !below(lo)
 }
 
-/// The first `n` of 16 lanes (`n` at most 16): the outputs a block stores.
-pub(crate) fn first(n: usize) -> __mmask16 {
-    ((1u32 << n.min(16)) - 1) as u16
-}
+// SAFETY: every method uses AVX-512F only, and callers hold the trait's contract.
+unsafe impl Simd for Avx512 {
+    type V = __m512;
+    type Run = Run512;
+    const LANES: usize = 16;
 
-/// The runs of window columns `0..k` for the block of outputs from column `ox`, with stride
-/// `s` and `left` columns of padding, over rows of `w`; the same for every row.
-pub(crate) fn runs(ox: usize, s: usize, left: usize, w: usize, k: usize) -> [Run; MAX_K] {
-    let mut runs = [Run {
-        col: 0,
-        lo: 0,
-        hi: 0,
-    }; MAX_K];
-    for (j, r) in runs.iter_mut().enumerate().take(k) {
-        let col = (ox * s + j) as isize - left as isize;
-        *r = Run {
-            col,
-            lo: inside(col, w),
-            hi: inside(col + 16, w),
-        };
-    }
-    runs
-}
-
-/// The 16 lanes of `run` in `row`: columns `col + s * l` (stride `s` 1 or 2), `fill` where
-/// they lie outside the row.
-///
-/// # Safety
-/// The CPU must have AVX-512F; `row` must point at a row of the `w` columns `run` was made
-/// for (the lanes outside it are not accessed).
-#[inline]
-#[target_feature(enable = "avx512f")]
-pub(crate) unsafe fn load(row: *const f32, run: Run, s: usize, fill: __m512) -> __m512 {
-    // SAFETY: only the lanes inside the row are read (caller).
-    unsafe {
-        let lo = _mm512_mask_loadu_ps(fill, run.lo, row.wrapping_offset(run.col));
-        if s == 1 {
-            return lo;
+    #[inline(always)]
+    unsafe fn runs(ox: usize, s: usize, left: usize, w: usize, k: usize) -> [Run512; MAX_K] {
+        let mut runs = [Run512 {
+            col: 0,
+            lo: 0,
+            hi: 0,
+        }; MAX_K];
+        for (j, r) in runs.iter_mut().enumerate().take(k) {
+            let col = (ox * s + j) as isize - left as isize;
+            *r = Run512 {
+                col,
+                lo: mask16(inside(col, w, 16)),
+                hi: mask16(inside(col + 16, w, 16)),
+            };
         }
-        let hi = _mm512_mask_loadu_ps(fill, run.hi, row.wrapping_offset(run.col + 16));
-        let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-        _mm512_permutex2var_ps(lo, even, hi)
+        runs
+    }
+
+    #[inline(always)]
+    unsafe fn load(row: *const f32, run: Run512, s: usize, fill: __m512) -> __m512 {
+        // SAFETY: only the lanes inside the row are read (the trait's contract).
+        unsafe {
+            let lo = _mm512_mask_loadu_ps(fill, run.lo, row.wrapping_offset(run.col));
+            if s == 1 {
+                return lo;
+            }
+            let hi = _mm512_mask_loadu_ps(fill, run.hi, row.wrapping_offset(run.col + 16));
+            let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+            _mm512_permutex2var_ps(lo, even, hi)
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn splat(v: f32) -> __m512 {
+        unsafe { _mm512_set1_ps(v) }
+    }
+
+    #[inline(always)]
+    unsafe fn fma(a: __m512, b: __m512, c: __m512) -> __m512 {
+        unsafe { _mm512_fmadd_ps(a, b, c) }
+    }
+
+    #[inline(always)]
+    unsafe fn max(a: __m512, b: __m512) -> __m512 {
+        unsafe { _mm512_max_ps(a, b) }
+    }
+
+    #[inline(always)]
+    unsafe fn min(a: __m512, b: __m512) -> __m512 {
+        unsafe { _mm512_min_ps(a, b) }
+    }
+
+    #[inline(always)]
+    unsafe fn store(at: *mut f32, n: usize, v: __m512) {
+        // SAFETY: the caller owns the n values at `at`.
+        unsafe { _mm512_mask_storeu_ps(at, mask16((0, n.min(16) as u32)), v) }
+    }
+}
+
+/// AVX2 with FMA: 8 lanes; masked loads and stores with `VMASKMOVPS`, which does not
+/// touch the masked-off lanes either.
+pub(crate) struct Avx2;
+
+/// [`Avx2`]'s run.
+#[derive(Clone, Copy)]
+pub(crate) struct Run256 {
+    col: isize,
+    lo: __m256i,
+    hi: __m256i,
+}
+
+/// The mask of lanes `lo..hi` of 8 (all bits set in each lane inside).
+#[inline(always)]
+unsafe fn mask8((lo, hi): (u32, u32)) -> __m256i {
+    // SAFETY: AVX2 (the caller's contract).
+    unsafe {
+        let idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let ge = _mm256_cmpgt_epi32(idx, _mm256_set1_epi32(lo as i32 - 1));
+        let lt = _mm256_cmpgt_epi32(_mm256_set1_epi32(hi as i32), idx);
+        _mm256_and_si256(ge, lt)
+    }
+}
+
+// SAFETY: every method uses AVX and AVX2 (and FMA in `fma`) only, and callers hold the
+// trait's contract.
+unsafe impl Simd for Avx2 {
+    type V = __m256;
+    type Run = Run256;
+    const LANES: usize = 8;
+
+    #[inline(always)]
+    unsafe fn runs(ox: usize, s: usize, left: usize, w: usize, k: usize) -> [Run256; MAX_K] {
+        // SAFETY: AVX2 (the trait's contract).
+        unsafe {
+            let none = _mm256_setzero_si256();
+            let mut runs = [Run256 {
+                col: 0,
+                lo: none,
+                hi: none,
+            }; MAX_K];
+            for (j, r) in runs.iter_mut().enumerate().take(k) {
+                let col = (ox * s + j) as isize - left as isize;
+                *r = Run256 {
+                    col,
+                    lo: mask8(inside(col, w, 8)),
+                    hi: mask8(inside(col + 8, w, 8)),
+                };
+            }
+            runs
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn load(row: *const f32, run: Run256, s: usize, fill: __m256) -> __m256 {
+        // SAFETY: only the lanes inside the row are read (the trait's contract);
+        // VMASKMOVPS suppresses faults on the others.
+        unsafe {
+            let one = |col: isize, m: __m256i| {
+                let v = _mm256_maskload_ps(row.wrapping_offset(col), m);
+                _mm256_blendv_ps(fill, v, _mm256_castsi256_ps(m))
+            };
+            let lo = one(run.col, run.lo);
+            if s == 1 {
+                return lo;
+            }
+            let hi = one(run.col + 8, run.hi);
+            // [a0 a2 b0 b2 | a4 a6 b4 b6], then the 64-bit pairs reordered.
+            let even = _mm256_shuffle_ps::<0b10_00_10_00>(lo, hi);
+            _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(
+                even,
+            )))
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn splat(v: f32) -> __m256 {
+        unsafe { _mm256_set1_ps(v) }
+    }
+
+    #[inline(always)]
+    unsafe fn fma(a: __m256, b: __m256, c: __m256) -> __m256 {
+        unsafe { _mm256_fmadd_ps(a, b, c) }
+    }
+
+    #[inline(always)]
+    unsafe fn max(a: __m256, b: __m256) -> __m256 {
+        unsafe { _mm256_max_ps(a, b) }
+    }
+
+    #[inline(always)]
+    unsafe fn min(a: __m256, b: __m256) -> __m256 {
+        unsafe { _mm256_min_ps(a, b) }
+    }
+
+    #[inline(always)]
+    unsafe fn store(at: *mut f32, n: usize, v: __m256) {
+        // SAFETY: the caller owns the n values at `at`; the other lanes are not touched.
+        unsafe { _mm256_maskstore_ps(at, mask8((0, n.min(8) as u32)), v) }
     }
 }

@@ -135,33 +135,46 @@ impl Geom {
         lo..hi
     }
 
-    /// Pools one plane `x` (`h x w`) into `y` (`oh x ow`): the direct AVX-512 kernel where
-    /// the CPU has AVX-512F and the stride is 1 or 2 (every pool of the backbones), else the
-    /// separable one, compiled for AVX2 where the CPU has that.
+    /// Pools one plane `x` (`h x w`) into `y` (`oh x ow`): the direct kernel where the
+    /// stride is 1 or 2 (every pool of the backbones), in AVX-512 where the CPU has
+    /// AVX-512F, else in AVX2 where it has AVX2 and FMA; else the separable one.
     fn plane(&self, x: &[f32], y: &mut [f32], scratch: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
-        {
-            if self.s <= 2
-                && self.k <= direct::MAX_K
-                && std::arch::is_x86_feature_detected!("avx512f")
-            {
-                // SAFETY: the CPU has AVX-512F (checked).
+        if self.s <= 2 && self.k <= direct::MAX_K {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512F (checked), the stride and window fit.
                 return unsafe { self.plane_avx512(x, y) };
             }
-            if std::arch::is_x86_feature_detected!("avx2") {
-                // SAFETY: the CPU has AVX2 (checked).
-                return unsafe { self.plane_avx2(x, y, scratch) };
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                // SAFETY: the CPU has AVX2 and FMA (checked), the stride and window fit.
+                return unsafe { self.plane_avx2(x, y) };
             }
         }
         self.separable(x, y, scratch)
     }
 
+    /// The direct kernel in AVX-512 (16 lanes).
+    ///
     /// # Safety
-    /// The CPU must have AVX2.
+    /// The CPU must have AVX-512F; `s` is 1 or 2, `k` at most [`direct::MAX_K`].
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn plane_avx2(&self, x: &[f32], y: &mut [f32], scratch: &mut [f32]) {
-        self.separable(x, y, scratch)
+    #[target_feature(enable = "avx512f")]
+    unsafe fn plane_avx512(&self, x: &[f32], y: &mut [f32]) {
+        // SAFETY: forwarded; compiled for AVX-512F.
+        unsafe { self.direct::<direct::Avx512>(x, y) }
+    }
+
+    /// The direct kernel in AVX2 (8 lanes).
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA; `s` is 1 or 2, `k` at most [`direct::MAX_K`].
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn plane_avx2(&self, x: &[f32], y: &mut [f32]) {
+        // SAFETY: forwarded; compiled for AVX2 and FMA.
+        unsafe { self.direct::<direct::Avx2>(x, y) }
     }
 
     /// Separable: per output row, the maximum down the window's input rows into a padded
@@ -202,39 +215,39 @@ impl Geom {
         }
     }
 
-    /// Direct: each 16-output vector of a row is the maximum of the `k x k` window's input
-    /// runs, loaded straight from the plane with the lanes outside it masked to -inf (so no
-    /// padded copy), kept in a register and stored once; for stride 2 each run is 32
-    /// columns with its even ones picked out. The separable kernel's store and reload of
-    /// its padded row stalled on store forwarding here: 10% of GoogLeNet's forward pass on
-    /// an AVX-512 Xeon (perf), against 2-3% for this.
+    /// Direct: each block of `S::LANES` outputs of a row is the maximum of the `k x k`
+    /// window's input runs, loaded straight from the plane with the lanes outside it masked
+    /// to -inf ([`direct`]), kept in a register and stored once. The separable kernel's
+    /// store and reload of its padded row stalled on store forwarding here: 10% of
+    /// GoogLeNet's forward pass on an AVX-512 Xeon (perf), against 2-3% for this.
     ///
     /// # Safety
-    /// The CPU must have AVX-512F; `s` is 1 or 2, `k` at most [`direct::MAX_K`].
+    /// The CPU must have what `S` uses, and the caller be compiled for it; `s` is 1 or 2,
+    /// `k` at most [`direct::MAX_K`].
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn plane_avx512(&self, x: &[f32], y: &mut [f32]) {
-        use std::arch::x86_64::*;
+    #[inline(always)]
+    unsafe fn direct<S: direct::Simd>(&self, x: &[f32], y: &mut [f32]) {
         let (k, s, p, w, ow) = (self.k, self.s, self.p, self.w, self.ow);
         assert!(x.len() >= self.h * w && y.len() >= self.oh * ow);
         assert!((s == 1 || s == 2) && k <= direct::MAX_K);
-        let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
-        for ox in (0..ow).step_by(16) {
-            let runs = direct::runs(ox, s, p, w, k);
-            let keep = direct::first(ow - ox);
+        // SAFETY (every S:: call below): the CPU has what S uses and this function is
+        // compiled for it (caller); loads read only a row of x inside x (asserted), stores
+        // only outputs of y.
+        let ninf = unsafe { S::splat(f32::NEG_INFINITY) };
+        for ox in (0..ow).step_by(S::LANES) {
+            let runs = unsafe { S::runs(ox, s, p, w, k) };
+            let n = (ow - ox).min(S::LANES);
             for oy in 0..self.oh {
                 let mut acc = ninf;
                 for iy in self.rows(oy) {
                     let row = x[iy * w..].as_ptr();
                     for run in &runs[..k] {
-                        // SAFETY: the CPU has AVX-512F (caller); the row lies in x (asserted).
-                        let v = unsafe { direct::load(row, *run, s, ninf) };
                         // max(v, acc) is v > acc ? v : acc, as `greater`.
-                        acc = _mm512_max_ps(v, acc);
+                        acc = unsafe { S::max(S::load(row, *run, s, ninf), acc) };
                     }
                 }
-                // SAFETY: the n lanes stored are outputs ox..ox + n of row oy, inside y.
-                unsafe { _mm512_mask_storeu_ps(y[oy * ow + ox..].as_mut_ptr(), keep, acc) };
+                let at = oy * ow + ox;
+                unsafe { S::store(y[at..at + n].as_mut_ptr(), n, acc) };
             }
         }
     }
@@ -302,19 +315,19 @@ mod tests {
             vec![("separable", |g, x, y, s| g.separable(x, y, s))];
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx2") {
-                kernels.push(("separable avx2", |g, x, y, s| unsafe {
-                    g.plane_avx2(x, y, s)
-                }));
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                kernels.push(("direct avx2", |g, x, y, _| unsafe { g.plane_avx2(x, y) }));
             } else {
-                println!("skipped the AVX2 build: this CPU lacks AVX2");
+                println!("skipped the direct AVX2 kernel: this CPU lacks AVX2 or FMA");
             }
             if std::arch::is_x86_feature_detected!("avx512f") {
                 kernels.push(("direct avx512", |g, x, y, _| unsafe {
                     g.plane_avx512(x, y)
                 }));
             } else {
-                println!("skipped the AVX-512 kernel: this CPU lacks AVX-512F");
+                println!("skipped the direct AVX-512 kernel: this CPU lacks AVX-512F");
             }
         }
         let names: Vec<&str> = kernels.iter().map(|k| k.0).collect();
