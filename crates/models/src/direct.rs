@@ -20,20 +20,17 @@ pub(crate) const MAX_K: usize = 16;
 pub(crate) unsafe trait Simd {
     /// A vector of `LANES` f32.
     type V: Copy;
-    /// Where one window column's run of an output block starts in an input row (its first
-    /// lane's column, which may lie in the left padding), with the masks of its one
-    /// (stride 1) or two (stride 2) loads.
-    type Run: Copy;
+    /// A set of lanes.
+    type Mask: Copy;
     const LANES: usize;
 
-    /// The runs of window columns `0..k` for the block of outputs from column `ox`, with
-    /// stride `s` and `left` columns of padding, over rows of `w`; the same for every row.
-    unsafe fn runs(ox: usize, s: usize, left: usize, w: usize, k: usize) -> [Self::Run; MAX_K];
+    /// Lanes `lo..hi`.
+    unsafe fn mask(lanes: (u32, u32)) -> Self::Mask;
 
     /// The lanes of `run` in `row`: columns `col + s * l` (`s` 1 or 2), `fill` outside the
-    /// row. `row` must point at a row of the `w` columns `run` was made for; the lanes
-    /// outside it are not accessed.
-    unsafe fn load(row: *const f32, run: Self::Run, s: usize, fill: Self::V) -> Self::V;
+    /// row. `row` must point at a row of the `w` columns `run` was made for ([`runs`]); the
+    /// lanes outside it are not accessed.
+    unsafe fn load(row: *const f32, run: Run<Self::Mask>, s: usize, fill: Self::V) -> Self::V;
 
     unsafe fn splat(v: f32) -> Self::V;
 
@@ -46,8 +43,18 @@ pub(crate) unsafe trait Simd {
     /// Per lane `a < b ? a : b`.
     unsafe fn min(a: Self::V, b: Self::V) -> Self::V;
 
-    /// Stores the first `n` lanes (at most `LANES`) at `at`.
-    unsafe fn store(at: *mut f32, n: usize, v: Self::V);
+    /// Stores the lanes of `keep` (the first ones of a block) at `at`.
+    unsafe fn store(at: *mut f32, keep: Self::Mask, v: Self::V);
+}
+
+/// Where one window column's run of an output block starts in an input row (its first
+/// lane's column, which may lie in the left padding), with the masks of its one (stride 1)
+/// or two (stride 2) loads.
+#[derive(Clone, Copy)]
+pub(crate) struct Run<M> {
+    col: isize,
+    lo: M,
+    hi: M,
 }
 
 /// The lanes of `lanes` columns from input column `c` that lie in a row of `w`, as the
@@ -59,49 +66,62 @@ fn inside(c: isize, w: usize, lanes: usize) -> (u32, u32) {
     (lo, hi.max(lo))
 }
 
-/// AVX-512F: 16 lanes.
+/// The runs of window columns `0..k` (at most [`MAX_K`]) for the block of outputs from
+/// column `ox`, with stride `s` and `left` columns of padding, over rows of `w`; the same
+/// for every row.
+///
+/// # Safety
+/// As [`Simd`].
+#[inline(always)]
+pub(crate) unsafe fn runs<S: Simd>(
+    ox: usize,
+    s: usize,
+    left: usize,
+    w: usize,
+    k: usize,
+) -> [Run<S::Mask>; MAX_K] {
+    let lanes = S::LANES;
+    // SAFETY (the mask calls): forwarded.
+    let none = unsafe { S::mask((0, 0)) };
+    let mut runs = [Run {
+        col: 0,
+        lo: none,
+        hi: none,
+    }; MAX_K];
+    for (j, r) in runs.iter_mut().enumerate().take(k) {
+        let col = (ox * s + j) as isize - left as isize;
+        let (lo, hi) = (
+            inside(col, w, lanes),
+            inside(col + lanes as isize, w, lanes),
+        );
+        *r = unsafe {
+            Run {
+                col,
+                lo: S::mask(lo),
+                hi: S::mask(hi),
+            }
+        };
+    }
+    runs
+}
+
+/// AVX-512F: 16 lanes, mask registers.
 pub(crate) struct Avx512;
-
-/// [`Avx512`]'s run.
-#[derive(Clone, Copy)]
-pub(crate) struct Run512 {
-    col: isize,
-    lo: __mmask16,
-    hi: __mmask16,
-}
-
-/// The mask of lanes `lo..hi` of 16.
-fn mask16((lo, hi): (u32, u32)) -> __mmask16 {
-    let below = |n: u32| ((1u32 << n) - 1) as u16;
-    below(hi) & !below(lo)
-}
 
 // SAFETY: every method uses AVX-512F only, and callers hold the trait's contract.
 unsafe impl Simd for Avx512 {
     type V = __m512;
-    type Run = Run512;
+    type Mask = __mmask16;
     const LANES: usize = 16;
 
     #[inline(always)]
-    unsafe fn runs(ox: usize, s: usize, left: usize, w: usize, k: usize) -> [Run512; MAX_K] {
-        let mut runs = [Run512 {
-            col: 0,
-            lo: 0,
-            hi: 0,
-        }; MAX_K];
-        for (j, r) in runs.iter_mut().enumerate().take(k) {
-            let col = (ox * s + j) as isize - left as isize;
-            *r = Run512 {
-                col,
-                lo: mask16(inside(col, w, 16)),
-                hi: mask16(inside(col + 16, w, 16)),
-            };
-        }
-        runs
+    unsafe fn mask((lo, hi): (u32, u32)) -> __mmask16 {
+        let below = |n: u32| ((1u32 << n) - 1) as u16;
+        below(hi) & !below(lo)
     }
 
     #[inline(always)]
-    unsafe fn load(row: *const f32, run: Run512, s: usize, fill: __m512) -> __m512 {
+    unsafe fn load(row: *const f32, run: Run<__mmask16>, s: usize, fill: __m512) -> __m512 {
         // SAFETY: only the lanes inside the row are read (the trait's contract).
         unsafe {
             let lo = _mm512_mask_loadu_ps(fill, run.lo, row.wrapping_offset(run.col));
@@ -135,9 +155,9 @@ unsafe impl Simd for Avx512 {
     }
 
     #[inline(always)]
-    unsafe fn store(at: *mut f32, n: usize, v: __m512) {
-        // SAFETY: the caller owns the n values at `at`.
-        unsafe { _mm512_mask_storeu_ps(at, mask16((0, n.min(16) as u32)), v) }
+    unsafe fn store(at: *mut f32, keep: __mmask16, v: __m512) {
+        // SAFETY: the caller owns the kept lanes at `at`.
+        unsafe { _mm512_mask_storeu_ps(at, keep, v) }
     }
 }
 
@@ -145,57 +165,27 @@ unsafe impl Simd for Avx512 {
 /// touch the masked-off lanes either.
 pub(crate) struct Avx2;
 
-/// [`Avx2`]'s run.
-#[derive(Clone, Copy)]
-pub(crate) struct Run256 {
-    col: isize,
-    lo: __m256i,
-    hi: __m256i,
-}
-
-/// The mask of lanes `lo..hi` of 8 (all bits set in each lane inside).
-#[inline(always)]
-unsafe fn mask8((lo, hi): (u32, u32)) -> __m256i {
-    // SAFETY: AVX2 (the caller's contract).
-    unsafe {
-        let idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-        let ge = _mm256_cmpgt_epi32(idx, _mm256_set1_epi32(lo as i32 - 1));
-        let lt = _mm256_cmpgt_epi32(_mm256_set1_epi32(hi as i32), idx);
-        _mm256_and_si256(ge, lt)
-    }
-}
-
 // SAFETY: every method uses AVX and AVX2 (and FMA in `fma`) only, and callers hold the
 // trait's contract.
 unsafe impl Simd for Avx2 {
     type V = __m256;
-    type Run = Run256;
+    /// All bits set in each lane of the set.
+    type Mask = __m256i;
     const LANES: usize = 8;
 
     #[inline(always)]
-    unsafe fn runs(ox: usize, s: usize, left: usize, w: usize, k: usize) -> [Run256; MAX_K] {
+    unsafe fn mask((lo, hi): (u32, u32)) -> __m256i {
         // SAFETY: AVX2 (the trait's contract).
         unsafe {
-            let none = _mm256_setzero_si256();
-            let mut runs = [Run256 {
-                col: 0,
-                lo: none,
-                hi: none,
-            }; MAX_K];
-            for (j, r) in runs.iter_mut().enumerate().take(k) {
-                let col = (ox * s + j) as isize - left as isize;
-                *r = Run256 {
-                    col,
-                    lo: mask8(inside(col, w, 8)),
-                    hi: mask8(inside(col + 8, w, 8)),
-                };
-            }
-            runs
+            let idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+            let ge = _mm256_cmpgt_epi32(idx, _mm256_set1_epi32(lo as i32 - 1));
+            let lt = _mm256_cmpgt_epi32(_mm256_set1_epi32(hi as i32), idx);
+            _mm256_and_si256(ge, lt)
         }
     }
 
     #[inline(always)]
-    unsafe fn load(row: *const f32, run: Run256, s: usize, fill: __m256) -> __m256 {
+    unsafe fn load(row: *const f32, run: Run<__m256i>, s: usize, fill: __m256) -> __m256 {
         // SAFETY: only the lanes inside the row are read (the trait's contract);
         // VMASKMOVPS suppresses faults on the others.
         unsafe {
@@ -237,8 +227,8 @@ unsafe impl Simd for Avx2 {
     }
 
     #[inline(always)]
-    unsafe fn store(at: *mut f32, n: usize, v: __m256) {
-        // SAFETY: the caller owns the n values at `at`; the other lanes are not touched.
-        unsafe { _mm256_maskstore_ps(at, mask8((0, n.min(8) as u32)), v) }
+    unsafe fn store(at: *mut f32, keep: __m256i, v: __m256) {
+        // SAFETY: the caller owns the kept lanes at `at`; the others are not touched.
+        unsafe { _mm256_maskstore_ps(at, keep, v) }
     }
 }

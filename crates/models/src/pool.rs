@@ -1,9 +1,9 @@
 //! PyTorch's `MaxPool2d`, in both rounding modes, which GoogLeNet (ceil mode) and VGG16
 //! (floor mode) share. On the CPU in f32 it is its own kernel: the planes in parallel on
-//! rayon's pool (candle's max-pool is single-threaded), each plane separable and every
-//! inner loop an element-wise maximum of contiguous runs, in AVX-512 where the CPU has it
-//! (detected at run time). It was 19% of GoogLeNet's forward pass on an AVX-512 Xeon
-//! before (perf), more than any layer's transforms.
+//! rayon's pool (candle's max-pool is single-threaded), each plane by the direct kernel
+//! ([`crate::direct`], AVX-512 or AVX2, detected at run time) or, elsewhere, a separable
+//! one. The earlier per-output scalar loop was 19% of GoogLeNet's forward pass on an
+//! AVX-512 Xeon (perf); `examples/pools.rs` times GoogLeNet's 13 pools.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 
@@ -83,7 +83,7 @@ impl CustomOp1 for MaxPool {
             b * c * plane,
             plane,
             (plane, &[f32::NEG_INFINITY]),
-            || g.scratch(),
+            Vec::new,
             |scratch, i, out| g.plane(&x[i * h * w..(i + 1) * h * w], out, scratch),
         );
         Ok((CpuStorage::F32(y), Shape::from((b, c, g.oh, g.ow))))
@@ -121,11 +121,15 @@ impl Geom {
         ((self.ow - 1) * self.s + self.k).max(self.p + self.w)
     }
 
-    /// A thread's scratch for the separable kernel: one padded row (-inf outside the
-    /// input's columns, which are rewritten per row), then its `s` phases.
-    fn scratch(&self) -> Vec<f32> {
-        let pw = self.padded();
-        vec![f32::NEG_INFINITY; pw + self.s * pw.div_ceil(self.s)]
+    /// A thread's scratch for the separable kernel, made on its first use: one padded row
+    /// (-inf outside the input's columns, which are rewritten per row), then its `s`
+    /// phases.
+    fn scratch<'a>(&self, scratch: &'a mut Vec<f32>) -> &'a mut [f32] {
+        if scratch.is_empty() {
+            let pw = self.padded();
+            *scratch = vec![f32::NEG_INFINITY; pw + self.s * pw.div_ceil(self.s)];
+        }
+        scratch
     }
 
     /// Input rows in output row `o`'s window, clipped to the plane.
@@ -138,7 +142,7 @@ impl Geom {
     /// Pools one plane `x` (`h x w`) into `y` (`oh x ow`): the direct kernel where the
     /// stride is 1 or 2 (every pool of the backbones), in AVX-512 where the CPU has
     /// AVX-512F, else in AVX2 where it has AVX2 and FMA; else the separable one.
-    fn plane(&self, x: &[f32], y: &mut [f32], scratch: &mut [f32]) {
+    fn plane(&self, x: &[f32], y: &mut [f32], scratch: &mut Vec<f32>) {
         #[cfg(target_arch = "x86_64")]
         if self.s <= 2 && self.k <= direct::MAX_K {
             if std::arch::is_x86_feature_detected!("avx512f") {
@@ -152,7 +156,7 @@ impl Geom {
                 return unsafe { self.plane_avx2(x, y) };
             }
         }
-        self.separable(x, y, scratch)
+        self.separable(x, y, self.scratch(scratch))
     }
 
     /// The direct kernel in AVX-512 (16 lanes).
@@ -181,7 +185,8 @@ impl Geom {
     /// row (-inf in the padding, which equals clipping each window to the input); then, for
     /// stride `s`, that row split into its `s` phases, so that window column `j` of every
     /// output in the row is the contiguous run `phase[j % s][j / s..]`. Each output block is
-    /// the maximum of all its sources at once ([`max_of`]), stored once.
+    /// the maximum of all its sources at once ([`max_of`]), stored once. `scratch` is
+    /// [`Geom::scratch`]'s.
     #[inline(always)]
     fn separable(&self, x: &[f32], y: &mut [f32], scratch: &mut [f32]) {
         let (k, s, p, w, ow) = (self.k, self.s, self.p, self.w, self.ow);
@@ -217,9 +222,11 @@ impl Geom {
 
     /// Direct: each block of `S::LANES` outputs of a row is the maximum of the `k x k`
     /// window's input runs, loaded straight from the plane with the lanes outside it masked
-    /// to -inf ([`direct`]), kept in a register and stored once. The separable kernel's
-    /// store and reload of its padded row stalled on store forwarding here: 10% of
-    /// GoogLeNet's forward pass on an AVX-512 Xeon (perf), against 2-3% for this.
+    /// to -inf ([`direct`]), kept in a register and stored once. A separable version with
+    /// a pass per window row and column over a padded row spent its time (perf) on the
+    /// masked loads that reread blocks just stored; GoogLeNet's 13 pools (`examples/
+    /// pools.rs`, batch 16, 2 threads, AVX-512 Xeon) took 87.4 ms with the scalar loop
+    /// before, 28.6 ms with this.
     ///
     /// # Safety
     /// The CPU must have what `S` uses, and the caller be compiled for it; `s` is 1 or 2,
@@ -235,8 +242,9 @@ impl Geom {
         // only outputs of y.
         let ninf = unsafe { S::splat(f32::NEG_INFINITY) };
         for ox in (0..ow).step_by(S::LANES) {
-            let runs = unsafe { S::runs(ox, s, p, w, k) };
+            let runs = unsafe { direct::runs::<S>(ox, s, p, w, k) };
             let n = (ow - ox).min(S::LANES);
+            let keep = unsafe { S::mask((0, n as u32)) };
             for oy in 0..self.oh {
                 let mut acc = ninf;
                 for iy in self.rows(oy) {
@@ -247,7 +255,7 @@ impl Geom {
                     }
                 }
                 let at = oy * ow + ox;
-                unsafe { S::store(y[at..at + n].as_mut_ptr(), n, acc) };
+                unsafe { S::store(y[at..at + n].as_mut_ptr(), keep, acc) };
             }
         }
     }
@@ -255,7 +263,7 @@ impl Geom {
 
 /// `dst` = the maximum of all `srcs` (each at least as long) and -inf, in 8-lane blocks
 /// that the compiler vectorises: each block is the maximum of all its sources in
-/// registers and is stored once, eight sources at a time.
+/// registers and is stored once.
 #[inline(always)]
 fn max_of<'a>(dst: &mut [f32], srcs: impl Iterator<Item = &'a [f32]> + Clone) {
     const L: usize = 8;
@@ -310,9 +318,9 @@ mod tests {
     /// narrower and wider than a vector.
     #[test]
     fn every_kernel_equals_the_definition() {
-        type Kernel = unsafe fn(&Geom, &[f32], &mut [f32], &mut [f32]);
+        type Kernel = unsafe fn(&Geom, &[f32], &mut [f32], &mut Vec<f32>);
         let mut kernels: Vec<(&str, Kernel)> =
-            vec![("separable", |g, x, y, s| g.separable(x, y, s))];
+            vec![("separable", |g, x, y, s| g.separable(x, y, g.scratch(s)))];
         #[cfg(target_arch = "x86_64")]
         {
             if std::arch::is_x86_feature_detected!("avx2")
@@ -353,7 +361,8 @@ mod tests {
                 (3, 3, 1, true),
                 (5, 3, 2, false),
                 (1, 2, 0, true),
-                // More than the eight sources taken at a time.
+                // A window wider than the AVX2 vector, at a stride only the separable
+                // kernel takes.
                 (9, 4, 4, true),
             ] {
                 let t = Tensor::zeros(
@@ -378,7 +387,7 @@ mod tests {
                         continue; // plane() sends these to the separable kernel
                     }
                     let mut got = vec![f32::NAN; oh * ow];
-                    let mut scratch = g.scratch();
+                    let mut scratch = Vec::new();
                     // Another plane first, with the same scratch: nothing of it may leak.
                     // SAFETY: the CPU has what each listed kernel needs (checked above).
                     unsafe { kernel(&g, &other, &mut got, &mut scratch) };
